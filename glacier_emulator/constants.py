@@ -1,0 +1,175 @@
+"""The unit system and the physical defaults, chosen once for the whole package.
+
+Units (the convention of IGM and icepack):
+
+================  ==========================  ==========================
+quantity          unit                        NetCDF ``units`` attribute
+================  ==========================  ==========================
+length            metre                       ``m``
+time              year (365 days, noleap)     ``year``
+velocity          metre per year              ``m year-1``
+stress            megapascal                  ``MPa``
+rate factor A     MPa^-n yr^-1                ``MPa-3 year-1`` (n = 3)
+sliding coeff. c  MPa (m/yr)^-m               ``MPa m-1/3 year1/3`` (m = 1/3)
+SMB               metre of ice per year       ``m year-1``
+================  ==========================  ==========================
+
+Every other module takes its units and defaults from here. :class:`Physics` is the one place the
+physical constants of the Blatter-Pattyn model live; the solver, the emulator, physics-informed
+training, the time stepper and the command line all take one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+SECONDS_PER_YEAR = 365.0 * 86400.0
+"""Seconds in one model year (noleap calendar)."""
+
+PA_PER_MPA = 1.0e6
+
+# Canonical unit strings as written into NetCDF files.
+UNITS = {
+    "length": "m",
+    "time": "year",
+    "velocity": "m year-1",
+    "stress": "MPa",
+    "rate_factor": "MPa-3 year-1",
+    "sliding_coefficient": "MPa m-1/3 year1/3",
+    "smb": "m year-1",
+    "slope": "1",
+    "density": "kg m-3",
+    "volume": "m3",
+    "area": "m2",
+    "volume_rate": "m3 year-1",
+}
+
+
+@dataclass(frozen=True)
+class Physics:
+    """Physical constants of the Blatter-Pattyn model (units: m, yr, MPa).
+
+    The defaults are those of IGM 3 so that both models solve the same problem.
+
+    Args:
+        rate_factor: Glen's rate factor A in MPa^-n yr^-1 (78 MPa^-3 yr^-1 is temperate-ish ice at
+            about -2 degC; ISMIP-HOM uses 100). A field in the input file overrides it.
+        glen_exponent: Glen's exponent n.
+        ice_density: rho in kg m^-3.
+        gravity: g in m s^-2.
+        sliding_coefficient: c in the Weertman law tau_b = c |u_b|^(m-1) u_b, in MPa (m/yr)^-m.
+            ``0.0`` is free slip. No-slip is requested with ``no_slip=True``.
+        sliding_exponent: m in the Weertman law (1/3 by default; 1 is the linear law of
+            ISMIP-HOM C and D).
+        no_slip: fix the basal velocity to zero (ISMIP-HOM A and B).
+        strain_rate_regularisation: added in quadrature to the effective strain rate, yr^-1.
+        sliding_regularisation: added in quadrature to the basal speed, m/yr.
+        thin_ice: thickness (m) under which ice is treated as this thin in the vertical shear
+            (avoids division by zero at margins); ice-free means thickness <= 0.
+
+    Example:
+        >>> Physics().rho_g  # MPa per metre
+        0.0089271
+    """
+
+    rate_factor: float = 78.0
+    glen_exponent: float = 3.0
+    ice_density: float = 910.0
+    gravity: float = 9.81
+    sliding_coefficient: float = 0.0464
+    sliding_exponent: float = 1.0 / 3.0
+    no_slip: bool = False
+    strain_rate_regularisation: float = 1.0e-5
+    sliding_regularisation: float = 1.0e-3
+    thin_ice: float = 1.0
+
+    def __post_init__(self):
+        checks = {
+            "rate_factor": self.rate_factor > 0,
+            "glen_exponent": self.glen_exponent >= 1,
+            "ice_density": self.ice_density > 0,
+            "gravity": self.gravity > 0,
+            "sliding_coefficient": self.sliding_coefficient >= 0,
+            "sliding_exponent": self.sliding_exponent > 0,
+            "strain_rate_regularisation": self.strain_rate_regularisation > 0,
+            "sliding_regularisation": self.sliding_regularisation > 0,
+            "thin_ice": self.thin_ice > 0,
+        }
+        for name, ok in checks.items():
+            value = getattr(self, name)
+            if not (ok and np.isfinite(value)):
+                raise ValueError(f"Physics.{name} is out of range. Received: {name}={value!r}")
+
+    @property
+    def rho_g(self) -> float:
+        """rho * g in MPa per metre."""
+        return self.ice_density * self.gravity / PA_PER_MPA
+
+    def replace(self, **changes) -> "Physics":
+        """A copy with some constants changed (unknown names raise ``TypeError``)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "Physics":
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown physics constant(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+DEFAULT_PHYSICS = Physics()
+
+ISMIP_HOM_PHYSICS = Physics(rate_factor=100.0, no_slip=True, gravity=9.81, ice_density=910.0)
+"""Constants of the ISMIP-HOM benchmark (Pattyn et al. 2008): A = 1e-16 Pa^-3 a^-1."""
+
+
+@dataclass(frozen=True)
+class VerticalDiscretisation:
+    """Terrain-following levels zeta in [0, 1] (0 = bed, 1 = surface).
+
+    Args:
+        levels: number of levels Nz (>= 2); the velocity lives on these levels.
+        spacing: ratio of the top layer's thickness to the bottom layer's; 1 is uniform, larger
+            values give thinner layers near the bed, where the shear is concentrated (the levels
+            follow a quadratic stretching; IGM's default ``vert_spacing=4`` is about 5/3 here).
+    """
+
+    levels: int = 10
+    spacing: float = 2.0
+
+    def __post_init__(self):
+        if int(self.levels) != self.levels or self.levels < 2:
+            raise ValueError(f"levels must be an integer >= 2. Received: levels={self.levels!r}")
+        if not (self.spacing >= 1.0 and np.isfinite(self.spacing)):
+            raise ValueError(f"spacing must be >= 1. Received: spacing={self.spacing!r}")
+
+    @property
+    def zeta(self) -> np.ndarray:
+        """Level positions zeta_k, increasing from 0 (bed) to 1 (surface)."""
+        t = np.linspace(0.0, 1.0, int(self.levels))
+        c = 0.5 * (float(self.spacing) - 1.0)
+        return (t + c * t * t) / (1.0 + c)
+
+    @property
+    def layer_thickness(self) -> np.ndarray:
+        """Fractional thickness of the Nz-1 layers between levels (sums to 1)."""
+        return np.diff(self.zeta)
+
+    @property
+    def depth_average_weights(self) -> np.ndarray:
+        """Weights w_k with ubar = sum_k w_k u_k (trapezoidal rule on the levels; sums to 1)."""
+        dz = self.layer_thickness
+        w = np.zeros(int(self.levels))
+        w[:-1] += 0.5 * dz
+        w[1:] += 0.5 * dz
+        return w
+
+
+DEFAULT_VERTICAL = VerticalDiscretisation()
