@@ -181,7 +181,8 @@ def viscous_energy(
     r"""Viscous term :math:`\int_\Omega \frac{2n}{n+1} A^{-1/n} \dot\varepsilon_e^{(n+1)/n} dV`.
 
     ``rate_factor`` (MPa^-n yr^-1) may be a nodal field ``(..., ny, nx)``; by default
-    ``physics.rate_factor``. Returns MPa m^3 yr^-1, one value per batch element.
+    ``physics.rate_factor``. The constant contributed by the strain-rate regularisation is removed,
+    so ice at rest has zero energy. Returns MPa m^3 yr^-1, one value per batch element.
     """
     dtype = u.dtype
     sr2 = strain_rate_squared(
@@ -193,6 +194,12 @@ def viscous_energy(
     else:
         a = tf.expand_dims(element_values(tf.cast(rate_factor, dtype), periodic=periodic), -4)
     phi = glen_dissipation(sr2, rate_factor=a, glen_exponent=physics.glen_exponent)
+    # remove the constant that the regularisation adds, so that rest has zero energy
+    phi0 = glen_dissipation(
+        tf.cast(physics.strain_rate_regularisation, dtype) ** 2, rate_factor=a,
+        glen_exponent=physics.glen_exponent,
+    )
+    phi = phi - phi0
     dzeta = tf.constant(np.diff(np.asarray(zeta, float)), dtype)[:, None, None, None]
     volume = tf.expand_dims(geometry.thickness, -4) * dzeta * element_weight(dx, dy)
     return tf.reduce_sum(phi * volume, axis=[-4, -3, -2, -1])

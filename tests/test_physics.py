@@ -1,0 +1,188 @@
+"""The Blatter-Pattyn energy and the reference solver against analytic and published solutions."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from glacier_emulator.constants import ISMIP_HOM_PHYSICS, Physics, VerticalDiscretisation
+from glacier_emulator.fields import Geometry
+from glacier_emulator.numerics.solver import SolverConfig, solve
+from glacier_emulator.physics.energy import blatter_pattyn_energy
+
+ALPHA = math.radians(0.5)
+H = 800.0
+
+
+def slab(n=4, *, alpha=ALPHA, thickness=H, dx=1000.0):
+    """A periodic parallel-sided slab of uniform thickness on a uniform slope."""
+    shape = (n, n)
+    return Geometry(
+        thickness=np.full(shape, thickness), bed=np.full(shape, -thickness), dx=dx, periodic=True,
+        surface_slope=(np.full(shape, -math.tan(alpha)), np.zeros(shape)),
+    )
+
+
+def slab_surface_speed(physics, alpha=ALPHA, thickness=H):
+    n = physics.glen_exponent
+    return 2 * physics.rate_factor / (n + 1) * (physics.rho_g * math.sin(alpha)) ** n * thickness ** (n + 1)
+
+
+@pytest.fixture(scope="module")
+def slab_solutions():
+    physics = Physics(rate_factor=100.0, no_slip=True)
+    return {
+        nz: solve(slab(), physics=physics, vertical=VerticalDiscretisation(levels=nz, spacing=2.0))
+        for nz in (10, 20)
+    }, physics
+
+
+def test_energy_of_zero_velocity_is_zero():
+    h = np.full((6, 7), 300.0)
+    u = np.zeros((5, 6, 7))
+    e, terms = blatter_pattyn_energy(u, u, thickness=h, surface=h + 0.1 * np.arange(7), dx=50.0,
+                                     vertical=VerticalDiscretisation(5), return_terms=True)
+    assert abs(float(terms["gravity"])) == 0.0 and abs(float(terms["sliding"])) == 0.0
+    assert abs(float(e)) < 1e-9
+
+
+def test_energy_terms_signs_and_batching():
+    h = np.full((2, 6, 6), 300.0)
+    s = h - 0.05 * np.arange(6) * 50.0
+    u = np.ones((2, 5, 6, 6)) * np.array([1.0, 2.0])[:, None, None, None]
+    v = np.zeros_like(u)
+    e, t = blatter_pattyn_energy(u, v, thickness=h, surface=s, dx=50.0,
+                                 vertical=VerticalDiscretisation(5), return_terms=True)
+    assert e.shape == (2,)
+    g = t["gravity"].numpy()
+    assert np.all(g < 0)  # down-slope flow releases potential energy
+    assert g[1] == pytest.approx(2 * g[0], rel=1e-12)  # linear in u
+    assert np.all(t["sliding"].numpy() > 0)
+
+
+def test_energy_float32_and_float64_agree():
+    rng = np.random.default_rng(0)
+    h = 200 + 50 * rng.random((8, 9))
+    s = h + 10 * rng.random((8, 9))
+    u = 10 * rng.random((6, 8, 9))
+    kw = dict(thickness=h, surface=s, dx=100.0, vertical=VerticalDiscretisation(6))
+    e64 = blatter_pattyn_energy(tf.constant(u, tf.float64), tf.constant(u, tf.float64), **kw)
+    e32 = blatter_pattyn_energy(tf.constant(u, tf.float32), tf.constant(u, tf.float32), **kw)
+    assert e32.dtype == tf.float32
+    assert float(e32) == pytest.approx(float(e64), rel=1e-4)
+
+
+def test_energy_is_differentiable_in_thickness_and_sliding():
+    rng = np.random.default_rng(1)
+    h = tf.Variable(200 + 50 * rng.random((8, 8)))
+    c = tf.Variable(np.full((8, 8), 0.05))
+    u = tf.constant(10 * rng.random((5, 8, 8)))
+    with tf.GradientTape() as tape:
+        e = blatter_pattyn_energy(u, u, thickness=h, surface=h + 1000.0, dx=100.0,
+                                  sliding_coefficient=c, vertical=VerticalDiscretisation(5))
+    gh, gc = tape.gradient(e, [h, c])
+    for g in (gh, gc):
+        assert np.all(np.isfinite(g.numpy())) and np.any(g.numpy() != 0)
+
+
+def test_slab_surface_velocity_matches_analytic(slab_solutions):
+    results, physics = slab_solutions
+    exact = slab_surface_speed(physics)
+    for nz, result in results.items():
+        assert result.converged
+        us = result.velocity.u_surface
+        assert np.allclose(us, us.mean(), rtol=1e-4)  # uniform
+        assert np.max(np.abs(result.velocity.v)) < 1e-4 * exact
+        assert us.mean() == pytest.approx(exact, rel=0.01), nz
+
+
+def test_slab_converges_under_vertical_refinement(slab_solutions):
+    results, physics = slab_solutions
+    exact = slab_surface_speed(physics)
+    err = {nz: abs(r.velocity.u_surface.mean() / exact - 1) for nz, r in results.items()}
+    # second-order in the layer thickness: halving it should cut the error by well over 2
+    assert err[20] < err[10] / 2.5, err
+
+
+def test_slab_profile_matches_analytic_shape(slab_solutions):
+    results, physics = slab_solutions
+    r = results[20]
+    zeta = r.velocity.zeta
+    exact = slab_surface_speed(physics) * (1 - (1 - zeta) ** 4)
+    assert np.allclose(r.velocity.u[:, 0, 0], exact, atol=0.01 * exact[-1])
+
+
+def test_slab_with_linear_sliding_adds_basal_velocity():
+    beta2 = 1e-3  # MPa a m^-1 (1000 Pa a m^-1)
+    physics = Physics(rate_factor=100.0, sliding_exponent=1.0, sliding_coefficient=beta2)
+    result = solve(slab(), physics=physics, vertical=VerticalDiscretisation(levels=10, spacing=2.0))
+    basal = physics.rho_g * H * math.sin(ALPHA) / beta2
+    assert result.velocity.u_base.mean() == pytest.approx(basal, rel=0.01)
+    deformation = result.velocity.u_surface.mean() - result.velocity.u_base.mean()
+    assert deformation == pytest.approx(slab_surface_speed(physics), rel=0.01)
+
+
+def _valley(nx=20, ny=14, dx=100.0, skew=0.0):
+    x = np.arange(nx) * dx
+    y = np.arange(ny) * dx
+    X, Y = np.meshgrid(x, y)
+    xc, yc = x.mean(), y.mean()
+    shape = 1 - ((X - xc) / (0.45 * nx * dx)) ** 2 - ((Y - yc) / (0.42 * ny * dx)) ** 2
+    thickness = np.clip(300 * shape * (1 + skew * (Y - yc) / (ny * dx)), 0, None)
+    bed = 1000 - 0.08 * X + 0.02 * Y + 0.0003 * (Y - yc) ** 2
+    return Geometry(thickness=thickness, bed=bed, dx=dx)
+
+
+@pytest.fixture(scope="module")
+def valley_solution():
+    g = _valley(skew=0.6)
+    return g, solve(g, vertical=VerticalDiscretisation(levels=5), config=SolverConfig(tolerance=1e-10))
+
+
+def test_finite_domain_ice_free_cells_have_no_velocity(valley_solution):
+    g, r = valley_solution
+    assert r.converged
+    off = g.thickness == 0
+    assert off.any()
+    assert np.all(r.velocity.u[:, off] == 0) and np.all(r.velocity.ubar[off] == 0)
+    assert np.max(r.velocity.speed) > 1.0  # the glacier flows
+
+
+def test_mirroring_x_flips_u(valley_solution):
+    g, r = valley_solution
+    flipped = Geometry(thickness=g.thickness[:, ::-1], bed=g.bed[:, ::-1], dx=g.dx)
+    rf = solve(flipped, vertical=VerticalDiscretisation(levels=5), config=SolverConfig(tolerance=1e-10))
+    scale = np.max(np.abs(r.velocity.u))
+    assert np.allclose(rf.velocity.u[:, :, ::-1], -r.velocity.u, atol=2e-3 * scale)
+    assert np.allclose(rf.velocity.v[:, :, ::-1], r.velocity.v, atol=2e-3 * scale)
+
+
+def test_zero_thickness_gives_zero_velocity():
+    g = Geometry(thickness=np.zeros((6, 6)), bed=np.arange(36.0).reshape(6, 6), dx=100.0)
+    r = solve(g)
+    assert r.converged and np.all(r.velocity.u == 0) and np.all(r.velocity.ubar == 0)
+
+
+def test_warm_start_from_solution_converges_immediately(valley_solution):
+    g, r = valley_solution
+    again = solve(g, vertical=VerticalDiscretisation(levels=5), initial=r.velocity,
+                  config=SolverConfig(tolerance=1e-10))
+    assert again.iterations <= max(5, r.iterations // 10)
+    assert np.allclose(again.velocity.u, r.velocity.u, atol=1e-3 * np.abs(r.velocity.u).max())
+
+
+def test_solver_converges_under_grid_refinement():
+    """ISMIP-HOM B (L = 20 km): successive refinements differ less and less."""
+    from glacier_emulator.verification.ismip_hom import ismip_hom_geometry, surface_profile
+
+    profiles = {}
+    for res in (8, 16, 32, 64):
+        g = ismip_hom_geometry("B", length_km=20, resolution=res)
+        r = solve(g, physics=ISMIP_HOM_PHYSICS, vertical=VerticalDiscretisation(levels=10))
+        x_hat, vx, _, _ = surface_profile("B", g, r.velocity)
+        profiles[res] = np.interp(np.linspace(0, 1, 65), x_hat, vx)
+    d1 = np.abs(profiles[16] - profiles[8]).max()
+    d2 = np.abs(profiles[32] - profiles[16]).max()
+    d3 = np.abs(profiles[64] - profiles[32]).max()
+    assert d3 < d2 < d1
+    assert d3 < 0.5 * d2  # at least first order; second order gives ~0.25
