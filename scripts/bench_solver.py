@@ -1,0 +1,78 @@
+"""Benchmark: reference-solver wall time and iterations to tolerance against grid size.
+
+Solves the side-by-side valley glacier (the IGM case's geometry, scaled to each grid: the same
+domain size, so finer grids resolve the same glacier) at 64^2, 128^2 and 256^2 nodes from rest,
+``--repeats`` times each (the first solve includes XLA compilation and is reported apart), and
+writes the medians to ``scripts/results/solver.json`` and ``solver.md`` with the machine.
+
+    python scripts/bench_solver.py [--sizes 64 128 256] [--repeats 3] [--tolerance 1e-9]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tolerance", type=float, default=1e-9)
+    parser.add_argument("--domain", type=float, default=10000.0, help="domain side (m), default 10 km")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from glacier_emulator.data import example_geometry
+    from glacier_emulator.numerics.solver import SolverConfig, solve
+
+    rows = []
+    for n in args.sizes:
+        dx = args.domain / n
+        geometry = example_geometry(nx=n, ny=n, dx=dx)
+        cfg = SolverConfig(tolerance=args.tolerance)
+        first = solve(geometry, config=cfg)
+        times, its = [], []
+        for _ in range(args.repeats):
+            r = solve(geometry, config=cfg)
+            times.append(r.wall_time)
+            its.append(r.iterations)
+        row = dict(
+            grid=f"{n}x{n}", dx_m=dx, unknowns=r.report["unknowns"], first_solve_s=first.wall_time,
+            median_wall_s=statistics.median(times), median_iterations=statistics.median(its),
+            converged=bool(r.converged), max_speed_m_per_yr=float(np.max(r.velocity.speed)),
+            s_per_iteration=statistics.median(times) / max(1, statistics.median(its)),
+        )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    machine = dict(platform=platform.platform(), processor=platform.processor(),
+                   cpu_count=os.cpu_count(), python=platform.python_version())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine,
+                command="python scripts/bench_solver.py " + " ".join(
+                    f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                    for k, v in vars(args).items() if k != "out"),
+                repeats=args.repeats, tolerance=args.tolerance, rows=rows)
+    (out / "solver.json").write_text(json.dumps(meta, indent=2))
+    lines = [f"# Reference solver: time to tolerance {args.tolerance:g}", "",
+             f"{meta['date']}, {machine['platform']}, {machine['cpu_count']} CPUs; median of "
+             f"{args.repeats} solves from rest after one warm-up (compilation) solve.", "",
+             "| grid | dx (m) | unknowns | iterations | wall (s) | s/iteration | first solve (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['grid']} | {r['dx_m']:.1f} | {r['unknowns']} | {r['median_iterations']:.0f} | "
+                     f"{r['median_wall_s']:.2f} | {r['s_per_iteration']:.4f} | {r['first_solve_s']:.2f} |")
+    (out / "solver.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
