@@ -14,6 +14,7 @@ Stopping rule (both are reported): the relative energy decrease over an iteratio
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -36,6 +37,11 @@ class SolverConfig:
         max_iterations: give up after this many L-BFGS iterations (reported as not converged).
         history: number of L-BFGS correction pairs.
         dtype: ``"float64"`` (default, for tight tolerances) or ``"float32"``.
+        multilevel: when starting from rest, first solve on a grid coarsened by 2 (recursively,
+            down to ``coarsest`` nodes per side) and start from its interpolated solution. The
+            smooth, long-range part of the flow (membrane stresses, sliding) is what L-BFGS is
+            slowest at; the coarse grids take it out cheaply.
+        coarsest: smallest grid side at which the multilevel recursion stops.
     """
 
     tolerance: float = 1e-9
@@ -43,6 +49,8 @@ class SolverConfig:
     max_iterations: int = 5000
     history: int = 20
     dtype: str = "float64"
+    multilevel: bool = True
+    coarsest: int = 24
 
     def __post_init__(self):
         if not self.tolerance > 0:
@@ -99,6 +107,54 @@ def _masks(geometry: Geometry, physics: Physics, nz: int) -> np.ndarray:
     return mask
 
 
+def coarsen(geometry: Geometry) -> Geometry:
+    """Every other node of the grid (spacing doubled); fields are subsampled."""
+    sub = (slice(None, None, 2), slice(None, None, 2))
+
+    def pick(a):
+        return a if a is None or np.ndim(a) == 0 else np.asarray(a)[sub]
+
+    slope = None
+    if geometry.surface_slope is not None:
+        slope = tuple(np.asarray(a)[sub] for a in geometry.surface_slope)
+    return Geometry(
+        thickness=geometry.thickness[sub], bed=geometry.bed[sub], dx=2 * geometry.dx,
+        dy=2 * geometry.dy, x=geometry.x[::2], y=geometry.y[::2],
+        sliding_coefficient=pick(geometry.sliding_coefficient), rate_factor=pick(geometry.rate_factor),
+        periodic=geometry.periodic, surface_slope=slope,
+    )
+
+
+def prolong(field: np.ndarray, shape, *, periodic: bool) -> np.ndarray:
+    """Bilinear interpolation of ``(..., ny_c, nx_c)`` from every other node to ``shape``."""
+    ny, nx = shape
+    out = np.zeros(field.shape[:-2] + (ny, nx))
+    out[..., ::2, ::2] = field
+
+    def neighbours_mean(a, axis, n):
+        lo = np.take(a, range(0, n - 1, 2), axis=axis)
+        if periodic:
+            hi = np.roll(np.take(a, range(0, n, 2), axis=axis), -1, axis=axis)
+            hi = np.take(hi, range(lo.shape[axis]), axis=axis)
+        else:
+            hi = np.take(a, range(2, n, 2), axis=axis)
+            lo = np.take(lo, range(hi.shape[axis]), axis=axis)
+        return 0.5 * (lo + hi)
+
+    # odd columns on even rows, then odd rows everywhere
+    even_rows = out[..., ::2, :]
+    mid = neighbours_mean(even_rows, -1, nx)
+    even_rows[..., 1 : 1 + 2 * mid.shape[-1] : 2] = mid
+    if nx % 2 == 0 and not periodic:
+        even_rows[..., -1] = even_rows[..., -2]
+    out[..., ::2, :] = even_rows
+    mid = neighbours_mean(out, -2, ny)
+    out[..., 1 : 1 + 2 * mid.shape[-2] : 2, :] = mid
+    if ny % 2 == 0 and not periodic:
+        out[..., -1, :] = out[..., -2, :]
+    return out
+
+
 def solve(
     geometry: Geometry,
     *,
@@ -129,6 +185,18 @@ def solve(
     from scipy.optimize import minimize
 
     t0 = time.perf_counter()
+    coarse_report = None
+    if (initial is None and config.multilevel and min(geometry.shape) >= 2 * config.coarsest
+            and not (geometry.periodic and (geometry.shape[0] % 2 or geometry.shape[1] % 2))):
+        coarse = solve(
+            coarsen(geometry), physics=physics, vertical=vertical,
+            config=dataclasses.replace(config, tolerance=max(config.tolerance, 1e-7)),
+        )
+        cu = prolong(coarse.velocity.u, geometry.shape, periodic=geometry.periodic)
+        cv = prolong(coarse.velocity.v, geometry.shape, periodic=geometry.periodic)
+        initial = Velocity.from_levels(cu, cv, coarse.velocity.zeta)
+        coarse_report = dict(iterations=coarse.iterations, wall_time=coarse.wall_time,
+                             grid=coarse.velocity.ubar.shape, coarse=coarse.report.get("coarse"))
     dtype = tf.float64 if config.dtype == "float64" else tf.float32
     npdtype = np.float64 if config.dtype == "float64" else np.float32
     nz = vertical.levels
@@ -237,5 +305,6 @@ def solve(
         velocity=vel, converged=converged, iterations=int(res.nit), evaluations=int(res.nfev),
         energy=float(e) * escale, gradient_norm=gnorm, message=message,
         wall_time=time.perf_counter() - t0, tolerance=config.tolerance,
-        report=dict(velocity_scale=uscale, energy_scale=escale, unknowns=2 * nfree),
+        report=dict(velocity_scale=uscale, energy_scale=escale, unknowns=2 * nfree,
+                    coarse=coarse_report),
     )
