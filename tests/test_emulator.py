@@ -1,0 +1,395 @@
+"""The Emulator: model files (no optimizer state, identical output in a fresh process), the numpy,
+provider, xarray and TensorFlow calls, input validation, the pretrained registry, the CLI, and a
+tiny supervised fit on solver output that proves the wiring."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import glacier_emulator.emulator as emulator_module
+from glacier_emulator import Geometry, InputError, Velocity, VerticalDiscretisation
+from glacier_emulator.cli import main
+from glacier_emulator.emulator import (
+    Emulator,
+    ModelMetadata,
+    NoPretrainedModelError,
+    geometry_from_dataset,
+    input_channels,
+    list_pretrained,
+)
+from glacier_emulator.fields import relative_l2
+from glacier_emulator.models import build_unet
+
+DX = 100.0
+
+
+def glacier(n=16, dx=DX, h0=150.0, slope=0.1, shift=0.0, ny=None):
+    """An elliptic ice cap on a bed inclined in x (analytic, ice-free margin)."""
+    ny = n if ny is None else ny
+    x = (np.arange(n) - (n - 1) / 2) * dx
+    y = (np.arange(ny) - (ny - 1) / 2) * dx
+    X, Y = np.meshgrid(x, y)
+    r2 = ((X - shift) / (0.4 * n * dx)) ** 2 + (Y / (0.3 * ny * dx)) ** 2
+    thickness = h0 * np.sqrt(np.clip(1.0 - r2, 0.0, None))
+    return Geometry(thickness=thickness, bed=1000.0 - slope * X, dx=dx)
+
+
+def make_emulator(out_channels=2, seed=0, name="tiny", **kwargs):
+    keras.utils.set_random_seed(seed)
+    model = build_unet(out_channels=out_channels, filters=8, depth=2, velocity_scale=50.0, **kwargs)
+    meta = ModelMetadata.from_model(
+        model, name=name, grid_spacing_range=(50.0, 500.0), version="0.0.1",
+        training_data={"description": "untrained test model"}, accuracy={"relative_l2_ubar": 0.5},
+    )
+    return Emulator(model, meta)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_emulator()
+
+
+@pytest.fixture(scope="module")
+def tiny_levels():
+    return make_emulator(out_channels=8, seed=1, name="tiny-levels")
+
+
+@pytest.fixture(scope="module")
+def saved(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    tiny.save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------ model files
+def test_save_writes_model_and_metadata(saved):
+    meta = json.loads(saved.with_suffix(".json").read_text())
+    for key in ("format", "name", "version", "created", "package_version", "inputs", "outputs",
+                "vertical", "grid_spacing", "input_ranges", "physics", "architecture",
+                "training_data", "accuracy"):
+        assert key in meta, key
+    assert [i["name"] for i in meta["inputs"]] == [
+        "thickness", "surface_slope_x", "surface_slope_y", "sliding_coefficient"]
+    assert meta["inputs"][0]["units"] == "m" and meta["inputs"][0]["scale"] == 500.0
+    assert meta["outputs"] == {"kind": "depth_averaged", "names": ["ubar", "vbar"],
+                               "units": "m year-1", "scale": 50.0}
+    assert meta["grid_spacing"] == {"min": 50.0, "max": 500.0, "units": "m"}
+    assert meta["physics"]["rate_factor"] == 78.0
+    assert ModelMetadata.from_dict(meta).to_dict() == meta
+
+
+def test_metadata_round_trip_levels(tiny_levels):
+    meta = tiny_levels.metadata
+    assert meta.outputs == "levels" and meta.vertical.levels == 4
+    assert ModelMetadata.from_dict(meta.to_dict()) == meta
+
+
+def _archive_entries(path):
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+        with archive.open("model.weights.h5") as handle, h5py.File(handle, "r") as h5:
+            keys = []
+            h5.visit(keys.append)
+    return config, keys
+
+
+def test_model_file_has_no_optimizer_state(tmp_path):
+    em = make_emulator()
+    em.model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    x = em.prepare_inputs(thickness=glacier().thickness, surface=glacier().surface, dx=DX)
+    em.model.fit(x, np.zeros(x.shape[:-1] + (2,), "float32"), epochs=1, verbose=0)
+    compiled = tmp_path / "compiled.keras"
+    em.model.save(compiled)
+    config, keys = _archive_entries(compiled)
+    assert config.get("compile_config") and any("optimizer" in k for k in keys)  # the check works
+    clean = em.save(tmp_path / "clean.keras")
+    config, keys = _archive_entries(clean)
+    assert not config.get("compile_config")
+    assert not any("optimizer" in k for k in keys)
+    assert clean.stat().st_size < compiled.stat().st_size
+    np.testing.assert_array_equal(Emulator.load(clean).tf_velocity(x).numpy(), em.tf_velocity(x).numpy())
+
+
+def test_fresh_process_gives_identical_output(tiny, saved, tmp_path):
+    g = glacier(n=37, ny=29)
+    np.save(tmp_path / "thickness.npy", g.thickness)
+    np.save(tmp_path / "surface.npy", g.surface)
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from glacier_emulator.emulator import Emulator
+        em = Emulator.load({str(saved)!r})
+        v = em.velocity(thickness=np.load({str(tmp_path / 'thickness.npy')!r}),
+                        surface=np.load({str(tmp_path / 'surface.npy')!r}), dx={DX})
+        np.save({str(tmp_path / 'u.npy')!r}, v.ubar)
+        np.save({str(tmp_path / 'v.npy')!r}, v.vbar)
+        """
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = tiny.velocity(thickness=g.thickness, surface=g.surface, dx=DX)
+    np.testing.assert_array_equal(np.load(tmp_path / "u.npy"), expected.ubar)
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), expected.vbar)
+    assert np.abs(expected.ubar).max() > 0
+
+
+def test_load_needs_metadata(saved, tmp_path):
+    lone = tmp_path / "lone.keras"
+    shutil.copy(saved, lone)
+    with pytest.raises(FileNotFoundError, match="metadata"):
+        Emulator.load(lone)
+    with pytest.raises(FileNotFoundError, match="no such model"):
+        Emulator.load(tmp_path / "missing.keras")
+
+
+def test_metadata_must_match_model(tiny):
+    meta = ModelMetadata.from_model(tiny.model, name="x", outputs="levels")
+    with pytest.raises(ValueError, match="output channels"):
+        Emulator(tiny.model, meta)
+
+
+# ------------------------------------------------------------------------------ numpy calls
+def test_velocity_single_and_batch_on_odd_grid(tiny):
+    g1, g2 = glacier(n=53, ny=37), glacier(n=53, ny=37, shift=300.0, h0=200.0)
+    v = tiny.velocity(thickness=g1.thickness, surface=g1.surface, dx=DX)
+    assert isinstance(v, Velocity) and v.ubar.shape == (37, 53) and not v.has_levels
+    batch = tiny.velocity(thickness=np.stack([g1.thickness, g2.thickness]),
+                          surface=np.stack([g1.surface, g2.surface]), dx=DX, batch_size=1)
+    assert isinstance(batch, list) and len(batch) == 2
+    np.testing.assert_allclose(batch[0].ubar, v.ubar, rtol=1e-5, atol=1e-5 * np.abs(v.ubar).max())
+    slopes = tiny.velocity(thickness=g1.thickness, surface_slope=g1.slopes(), dx=DX)
+    np.testing.assert_array_equal(slopes.ubar, v.ubar)
+    np.testing.assert_array_equal(tiny.predict_geometry(g1).ubar, v.ubar)
+    np.testing.assert_array_equal(tiny(g1).vbar, v.vbar)
+
+
+def test_levels_model_returns_3d_velocity(tiny_levels):
+    g = glacier(n=21, ny=19)
+    v = tiny_levels.predict_geometry(g)
+    assert v.has_levels and v.u.shape == (4, 19, 21)
+    np.testing.assert_allclose(v.zeta, VerticalDiscretisation(levels=4).zeta)
+    w = VerticalDiscretisation(levels=4).depth_average_weights
+    np.testing.assert_allclose(v.ubar, np.tensordot(w, v.u, axes=(0, 0)))
+
+
+def test_zero_thickness_gives_zero_velocity(tiny, tiny_levels):
+    g = glacier(n=20)
+    assert np.any(g.thickness == 0)
+    for em in (tiny, tiny_levels):
+        v = em.predict_geometry(g)
+        off = g.thickness == 0
+        assert np.all(v.ubar[off] == 0) and np.all(v.vbar[off] == 0)
+        none = em.velocity(thickness=np.zeros((9, 11)), surface=np.zeros((9, 11)), dx=DX)
+        assert np.all(none.ubar == 0) and np.all(none.vbar == 0)
+        if none.has_levels:
+            assert np.all(none.u == 0)
+
+
+def test_mirror_in_x_flips_u(tiny):
+    g = glacier(n=23, ny=17, shift=250.0)
+    v = tiny.predict_geometry(g)
+    gm = Geometry(thickness=g.thickness[:, ::-1], bed=g.bed[:, ::-1], dx=DX)
+    vm = tiny.predict_geometry(gm)
+    scale = np.abs(v.ubar).max()
+    np.testing.assert_allclose(-vm.ubar[:, ::-1], v.ubar, atol=1e-5 * scale, rtol=0)
+    np.testing.assert_allclose(vm.vbar[:, ::-1], v.vbar, atol=1e-5 * scale, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(thickness=np.full((8, 8), np.nan)), "thickness contains NaN"),
+        (dict(thickness=-np.ones((8, 8))), "thickness is negative"),
+        (dict(thickness=np.ones(8)), r"thickness must be a \(ny, nx\) grid"),
+        (dict(thickness=np.full((8, 8), 9000.0)), "plausible range"),
+        (dict(surface=np.ones((8, 9))), "surface has shape"),
+        (dict(surface=None), "give the surface"),
+        (dict(dx=10.0), "outside the range 50 to 500 m"),
+        (dict(dx=5000.0), "outside the range 50 to 500 m"),
+        (dict(dy=200.0), "square cells"),
+        (dict(dx=-1.0), "must be a positive number"),
+        (dict(sliding_coefficient=np.full((8, 8), np.inf)), "sliding_coefficient contains NaN"),
+        (dict(sliding_coefficient=4.6e4), "sliding_coefficient spans"),
+        (dict(rate_factor=100.0), "trained with"),
+        (dict(surface=np.arange(64.0).reshape(8, 8) * 1000.0), "surface_slope_x spans"),
+    ],
+)
+def test_bad_inputs_are_rejected(tiny, change, message):
+    args = dict(thickness=np.full((8, 8), 100.0), surface=np.full((8, 8), 1100.0), dx=DX)
+    args.update(change)
+    with pytest.raises(InputError, match=message):
+        tiny.velocity(**args)
+
+
+def test_default_rate_factor_is_accepted(tiny):
+    v = tiny.velocity(thickness=np.full((8, 8), 100.0), surface=np.full((8, 8), 1100.0), dx=DX,
+                      rate_factor=tiny.physics.rate_factor)
+    assert np.all(np.isfinite(v.ubar))
+
+
+# ------------------------------------------------------------------------------ TensorFlow
+def test_tf_velocity_is_differentiable(tiny):
+    g = glacier(n=16, shift=150.0)
+    x = tiny.prepare_inputs(thickness=g.thickness, surface=g.surface, dx=DX)
+    thickness = tf.Variable(x[..., 0])
+    sliding = tf.Variable(tf.fill(thickness.shape, 0.03))
+    with tf.GradientTape() as tape:
+        uv = tiny.tf_velocity({"thickness": thickness, "surface_slope_x": x[..., 1],
+                               "surface_slope_y": x[..., 2], "sliding_coefficient": sliding})
+        loss = tf.reduce_sum(uv[..., 0] ** 2 + uv[..., 1] ** 2)
+    d_thickness, d_sliding = tape.gradient(loss, [thickness, sliding])
+    for grad in (d_thickness, d_sliding):
+        assert np.all(np.isfinite(grad.numpy())) and np.abs(grad.numpy()).max() > 0
+    x[..., 3] = 0.03
+    np.testing.assert_allclose(tiny.tf_velocity(x).numpy(), uv.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_tf_velocity_rejects_bad_layouts(tiny):
+    with pytest.raises(InputError, match="channels"):
+        tiny.tf_velocity(tf.zeros((1, 8, 8, 3)))
+    with pytest.raises(InputError, match="missing input 'surface_slope_y'"):
+        tiny.tf_velocity({"thickness": tf.zeros((1, 8, 8)), "surface_slope_x": tf.zeros((1, 8, 8))})
+    with pytest.raises(InputError, match="no input"):
+        tiny.tf_velocity({"thickness": tf.zeros((1, 8, 8)), "surface_slope_x": 0.0,
+                          "surface_slope_y": 0.0, "rate_factor": 50.0})
+
+
+# ------------------------------------------------------------------------------ xarray
+def test_predict_dataset(tiny):
+    pytest.importorskip("glacier_emulator.io.netcdf")
+    from glacier_emulator.io.netcdf import geometry_to_dataset
+
+    g = glacier(n=19, ny=13)
+    ds = geometry_to_dataset(g)
+    assert geometry_from_dataset(ds).shape == (13, 19)
+    out = tiny.predict_dataset(ds.isel(y=slice(None, None, -1)))  # descending y is handled
+    expected = tiny.predict_geometry(g)
+    np.testing.assert_allclose(out["ubar"].values, expected.ubar, rtol=1e-6, atol=1e-6)
+    assert out["ubar"].attrs["units"] == "m year-1"
+
+
+def test_geometry_from_dataset_names_missing_variables():
+    xr = pytest.importorskip("xarray")
+    ds = xr.Dataset({"foo": (("y", "x"), np.zeros((3, 3)))}, coords={"x": [0, 1, 2], "y": [0, 1, 2]})
+    with pytest.raises(InputError, match="'thk'"):
+        geometry_from_dataset(ds)
+
+
+# ------------------------------------------------------------------------------ registry
+@pytest.fixture
+def empty_registry(tmp_path, monkeypatch):
+    monkeypatch.setattr(emulator_module, "PRETRAINED_DIR", tmp_path)
+    return tmp_path
+
+
+def test_pretrained_raises_while_none_is_installed(empty_registry):
+    assert list_pretrained() == []
+    with pytest.raises(NoPretrainedModelError, match="No pretrained emulator is installed yet"):
+        Emulator.pretrained()
+    with pytest.raises(LookupError):
+        Emulator.pretrained("anything")
+
+
+def test_pretrained_finds_installed_models(empty_registry, saved, tiny):
+    for suffix in (".keras", ".json"):
+        shutil.copy(saved.with_suffix(suffix), empty_registry / f"tiny{suffix}")
+    (empty_registry / "card.json").write_text('{"title": "a model card, not a model"}')
+    entries = list_pretrained()
+    assert [e["name"] for e in entries] == ["tiny"] and entries[0]["available"]
+    em = Emulator.pretrained()
+    assert em.name == "tiny" and Emulator.pretrained("tiny").name == "tiny"
+    g = glacier()
+    np.testing.assert_array_equal(em.predict_geometry(g).ubar, tiny.predict_geometry(g).ubar)
+    (empty_registry / "tiny.keras").unlink()
+    with pytest.raises(NoPretrainedModelError, match="without weights"):
+        Emulator.pretrained()
+
+
+# ------------------------------------------------------------------------------ CLI
+def test_cli_without_pretrained_model_fails_with_one_line(empty_registry, tmp_path, capsys):
+    code = main(["predict", str(tmp_path / "in.nc"), "-o", str(tmp_path / "out.nc")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "No pretrained emulator is installed yet" in err
+    assert main(["models"]) == 0
+    assert "No pretrained emulator is installed yet" in capsys.readouterr().out
+
+
+def test_cli_predict_with_model_file(saved, tiny, tmp_path, capsys):
+    netcdf = pytest.importorskip("glacier_emulator.io.netcdf")
+    g = glacier(n=21, ny=15)
+    netcdf.write_geometry(g, tmp_path / "in.nc")
+    assert main(["predict", str(tmp_path / "in.nc"), "-o", str(tmp_path / "out.nc"), "--model", str(saved)]) == 0
+    import xarray as xr
+
+    with xr.open_dataset(tmp_path / "out.nc") as out:
+        np.testing.assert_allclose(out["ubar"].values, tiny.predict_geometry(g).ubar, rtol=1e-6, atol=1e-6)
+        assert out.attrs["emulator"] == "tiny"
+    bad = Geometry(thickness=g.thickness, bed=g.bed, dx=5.0)
+    netcdf.write_geometry(bad, tmp_path / "bad.nc")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "bad.nc"), "-o", str(tmp_path / "o.nc"), "--model", str(saved)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.nc" in err and "outside the range" in err
+
+
+def test_cli_models_lists_installed(empty_registry, saved, capsys):
+    for suffix in (".keras", ".json"):
+        shutil.copy(saved.with_suffix(suffix), empty_registry / f"tiny{suffix}")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny" in out and "depth_averaged" in out and "50.0-500.0 m" in out and "relative_l2_ubar" in out
+
+
+# ------------------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def solved_glaciers():
+    from glacier_emulator.numerics.solver import SolverConfig, solve
+
+    vertical = VerticalDiscretisation(levels=4)
+    out = []
+    for geometry in (glacier(), glacier(shift=200.0, h0=180.0)):
+        result = solve(geometry, vertical=vertical, config=SolverConfig(tolerance=1e-6))
+        assert result.converged, result.summary()
+        out.append((geometry, result.velocity))
+    return out
+
+
+def test_tiny_supervised_fit_lowers_the_error(solved_glaciers):
+    em = make_emulator(seed=3)
+    x = np.stack([input_channels(g) for g, _ in solved_glaciers])
+    target = np.stack([np.stack([v.ubar, v.vbar], -1) for _, v in solved_glaciers]).astype("float32")
+    scale = float(np.abs(target).max())
+
+    def error():
+        predicted = em.tf_velocity(x).numpy()
+        return relative_l2(predicted[..., 0], target[..., 0])
+
+    before = error()
+    optimizer = keras.optimizers.Adam(3e-3)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(((em.tf_velocity(x, training=True) - target) / scale) ** 2)
+        grads = tape.gradient(loss, em.model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, em.model.trainable_variables))
+        return loss
+
+    for _ in range(40):
+        step()
+    after = error()
+    print(f"relative L2 of ubar: {before:.3f} -> {after:.3f}")
+    assert after < 0.5 * before, (before, after)

@@ -1,0 +1,191 @@
+"""The U-Net and its layers: any grid size, exact mirror symmetry, zero velocity off the ice,
+config round trips and safe-mode loading. Tiny networks (8 filters, depth 2) keep this fast."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from glacier_emulator.models import (
+    CropTo,
+    GlacierUNet,
+    IceMask,
+    InputNormalization,
+    MirrorAverage,
+    MirrorStack,
+    OutputScaling,
+    PadToMultiple,
+    build_unet,
+)
+
+
+def random_inputs(shape=(2, 37, 53), channels=4, seed=0):
+    """Plausible random inputs: thickness with an ice-free band, slopes, sliding, A, dx."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros(shape + (channels,), np.float32)
+    x[..., 0] = 400.0 * rng.random(shape)
+    x[:, :5, :, 0] = 0.0
+    x[..., 1:3] = 0.1 * rng.normal(size=shape + (2,))
+    x[..., 3] = 0.05 * rng.random(shape)
+    if channels > 4:
+        x[..., 4] = 78.0
+    if channels > 5:
+        x[..., 5] = 100.0
+    return x
+
+
+def mirror_x(a, odd):
+    out = a[:, :, ::-1].copy()
+    out[..., odd] *= -1
+    return out
+
+
+def mirror_y(a, odd):
+    out = a[:, ::-1].copy()
+    out[..., odd] *= -1
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    keras.utils.set_random_seed(1)
+    return build_unet(filters=8, depth=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_levels():
+    keras.utils.set_random_seed(2)
+    return build_unet(in_channels=6, out_channels=8, filters=8, depth=2, symmetrise="xy")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 16, 17, 37, 53])
+@pytest.mark.parametrize("mode", ["symmetric", "reflect"])
+def test_pad_then_crop_is_identity(size, mode):
+    x = np.random.default_rng(size).normal(size=(2, size, size + 3, 3)).astype("float32")
+    padded = PadToMultiple(16, mode=mode)(x)
+    assert padded.shape[1] % 16 == 0 and padded.shape[2] % 16 == 0
+    assert padded.shape[1] >= size
+    np.testing.assert_array_equal(CropTo(16)([padded, x]).numpy(), x)
+
+
+def test_padding_is_a_mirror_extension():
+    x = np.arange(5.0, dtype="float32").reshape(1, 1, 5, 1)
+    sym = PadToMultiple(8, mode="symmetric")(x)[0, 0, :, 0].numpy()
+    ref = PadToMultiple(8, mode="reflect")(x)[0, 0, :, 0].numpy()
+    np.testing.assert_array_equal(sym, [0, 0, 1, 2, 3, 4, 4, 3])
+    np.testing.assert_array_equal(ref, [1, 0, 1, 2, 3, 4, 3, 2])
+
+
+def test_odd_grid_sizes(tiny, tiny_levels):
+    assert tiny(random_inputs()).shape == (2, 37, 53, 2)
+    assert tiny_levels(random_inputs(channels=6)).shape == (2, 37, 53, 8)
+    assert tiny(random_inputs((1, 3, 2))).shape == (1, 3, 2, 2)
+
+
+def test_zero_thickness_gives_exactly_zero_velocity(tiny, tiny_levels):
+    for model, channels in ((tiny, 4), (tiny_levels, 6)):
+        x = random_inputs(channels=channels)
+        y = model(x).numpy()
+        ice_free = x[..., 0] == 0
+        assert ice_free.any() and np.all(y[ice_free] == 0.0)
+        assert np.abs(y[~ice_free]).max() > 0
+        x[..., 0] = 0.0
+        assert np.all(model(x).numpy() == 0.0)
+
+
+def test_mirror_x_flips_u(tiny):
+    x = random_inputs()
+    y = tiny(x).numpy()
+    y_mirrored = tiny(mirror_x(x, [1])).numpy()
+    scale = np.abs(y).max()
+    np.testing.assert_allclose(mirror_x(y_mirrored, [0]), y, rtol=0, atol=1e-5 * scale)
+    # not trivially symmetric: u changes under the mirror
+    assert np.abs(y_mirrored[..., 0] - y[..., 0]).max() > 1e-3 * scale
+
+
+def test_mirror_xy_for_levels(tiny_levels):
+    x = random_inputs(channels=6)
+    y = tiny_levels(x).numpy()
+    u, v = list(range(4)), list(range(4, 8))
+    scale = np.abs(y).max()
+    yx = tiny_levels(mirror_x(x, [1])).numpy()
+    np.testing.assert_allclose(mirror_x(yx, u), y, rtol=0, atol=1e-5 * scale)
+    yy = tiny_levels(mirror_y(x, [2])).numpy()
+    np.testing.assert_allclose(mirror_y(yy, v), y, rtol=0, atol=1e-5 * scale)
+
+
+def test_mirror_layers_are_involutions():
+    x = random_inputs(channels=4)
+    stacked = MirrorStack(mode="xy", odd_x=[1], odd_y=[2])(x)
+    assert stacked.shape[0] == 4 * x.shape[0]
+    # averaging the mirrored copies of an equivariant map (identity) gives the input back
+    back = MirrorAverage(mode="xy", odd_x=[1], odd_y=[2])(stacked).numpy()
+    np.testing.assert_allclose(back, x, rtol=1e-6)
+
+
+def test_scaling_and_mask_layers():
+    x = np.array([[[[250.0, 0.05]]]], "float32")
+    np.testing.assert_allclose(InputNormalization(scale=[500.0, 0.1])(x).numpy().ravel(), [0.5, 0.5])
+    np.testing.assert_allclose(OutputScaling(100.0)(x).numpy().ravel(), [25000.0, 5.0])
+    raw = np.array([[[[0.0], [10.0]]]], "float32")
+    vel = np.ones((1, 1, 2, 2), "float32")
+    np.testing.assert_array_equal(IceMask()([vel, raw]).numpy(), [[[[0, 0], [1, 1]]]])
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(in_channels=3), "in_channels"),
+        (dict(out_channels=3), "out_channels"),
+        (dict(depth=-1), "depth"),
+        (dict(filters=0), "filters"),
+        (dict(kernel_size=4), "kernel_size"),
+        (dict(activation="swish2"), "activation"),
+        (dict(blocks_per_level=0), "blocks_per_level"),
+        (dict(symmetrise="z"), "symmetrise"),
+        (dict(input_scale=[1.0]), "input_scale"),
+        (dict(velocity_scale=-1.0), "scale"),
+    ],
+)
+def test_constructor_validates_arguments(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment) as info:
+        GlacierUNet(**{"filters": 8, "depth": 1, **kwargs})
+    assert "Received" in str(info.value)
+
+
+def test_layer_arguments_are_validated():
+    with pytest.raises(ValueError, match="Received"):
+        PadToMultiple(0)
+    with pytest.raises(ValueError, match="Received"):
+        PadToMultiple(4, mode="wrap")
+    with pytest.raises(ValueError, match="Received"):
+        InputNormalization(scale=[1.0, 0.0])
+    with pytest.raises(ValueError, match="Received"):
+        MirrorStack(mode="yz")
+
+
+def test_get_config_round_trip(tiny):
+    config = tiny.get_config()
+    clone = GlacierUNet.from_config(config)
+    assert clone.get_config() == config
+    clone.set_weights(tiny.get_weights())
+    x = random_inputs()
+    np.testing.assert_array_equal(clone(x).numpy(), tiny(x).numpy())
+    for layer in (PadToMultiple(8, mode="reflect"), CropTo(4), InputNormalization([2.0], [1.0]),
+                  OutputScaling(3.0), IceMask(1), MirrorStack("x", [1], [2]), MirrorAverage("xy", [0], [1])):
+        assert type(layer).from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def test_keras_file_round_trip_in_safe_mode(tiny, tmp_path):
+    path = tmp_path / "tiny.keras"
+    tiny.save(path)
+    loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
+    assert isinstance(loaded, GlacierUNet)
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in loaded.layers)
+    x = random_inputs()
+    np.testing.assert_array_equal(loaded(x).numpy(), tiny(x).numpy())
+
+
+def test_input_normalization_is_not_trainable(tiny):
+    names = [w.path for w in tiny.trainable_weights]
+    assert all("conv" in n or "velocity_head" in n for n in names)
