@@ -32,9 +32,9 @@ class SyntheticConfig:
     Args:
         grid: nodes per side.
         dx_range: grid spacing range (m); ``dx`` fixes it.
-        max_thickness_range: range of the largest thickness of a glacier (m).
-        sliding_range: log-uniform range of the Weertman coefficient c, MPa (m/yr)^-1/3
-            (large values mean little sliding).
+        max_thickness_range: (smallest trunk, cap) of the glacier thickness (m).
+        sliding_range: bounds of the Weertman coefficient c, MPa (m/yr)^-1/3 (large values mean
+            little sliding); within them c is set from a drawn typical basal speed.
         rate_factor_range: range of A, MPa^-3 yr^-1.
         kinds: which geometry kinds to draw from (uniformly).
     """
@@ -42,8 +42,8 @@ class SyntheticConfig:
     grid: int = 64
     dx: Optional[float] = None
     dx_range: tuple = (50.0, 200.0)
-    max_thickness_range: tuple = (120.0, 1000.0)
-    sliding_range: tuple = (0.02, 2.0)
+    max_thickness_range: tuple = (30.0, 1000.0)
+    sliding_range: tuple = (0.01, 3.0)
     rate_factor_range: tuple = (30.0, 120.0)
     kinds: Sequence[str] = KINDS
 
@@ -79,51 +79,80 @@ def _valley_frame(rng, X, Y, size):
     return along, across
 
 
-def _glacier_in_valley(rng, along, across, size, hmax, *, start, length, width):
-    """Thickness of a glacier filling a valley between ``start`` and ``start + length``."""
+RHO_G = 910.0 * 9.81 * 1e-6  # MPa per metre (only sets the scale of the synthetic thickness)
+
+
+def _plastic(distance, tau):
+    """Thickness of a perfectly plastic profile at ``distance`` (m) from the margin."""
+    return np.sqrt(2.0 * tau * np.clip(distance, 0.0, None) / RHO_G)
+
+
+def _glacier_in_valley(rng, along, across, *, start, length, width, thickness, tau):
+    """A glacier filling a valley between ``start`` and ``start + length`` (along-valley m).
+
+    The thickness is ``thickness`` in the trunk, tapers to zero at the head and the terminus
+    with a plastic profile (yield stress ``tau``, MPa) and has an elliptical cross-section.
+    """
+    longitudinal = np.minimum.reduce([
+        np.full(along.shape, thickness),
+        _plastic(along - start, tau),
+        _plastic(start + length - along, tau),
+    ])
     t = np.clip((along - start) / length, 0.0, 1.0)
-    inside = (along >= start) & (along <= start + length)
-    # thickest a bit below the head, zero at the terminus
-    longitudinal = np.where(inside, np.sqrt(np.clip(1 - t, 0, 1)) * np.clip(3.0 * t + 0.35, 0, 1), 0)
     w = width * (1.0 + 0.3 * np.sin(2 * np.pi * t * rng.uniform(0.5, 1.5)))
     transverse = np.clip(1 - (across / w) ** 2, 0.0, None)
-    return hmax * longitudinal * np.sqrt(transverse)
+    return longitudinal * np.sqrt(transverse)
 
 
 def _valley_bed(rng, along, across, size, slope, width):
     steps = np.zeros_like(along)
     for _ in range(rng.integers(0, 4)):
         pos = rng.uniform(0.1, 0.9) * size
-        height = rng.uniform(-80, 80)
-        steps += height * np.tanh((along - pos) / rng.uniform(0.02, 0.08) / size)
-    return (
-        2500.0
-        - slope * along
-        + 0.6 * width * (across / width) ** 2 * rng.uniform(0.3, 1.0) * 1.0
-        + steps
-    )
+        height = rng.uniform(-60, 60)
+        steps += height * np.tanh((along - pos) / rng.uniform(0.03, 0.08) / size)
+    # valley walls rise to a few hundred metres with slopes of at most ~30 degrees
+    height = min(rng.uniform(100.0, 600.0), 0.5 * width)
+    walls = height * (1.0 - np.exp(-((across / width) ** 2)))
+    return 2500.0 - slope * along + walls + steps
+
+
+def _blur(field, sigma_cells: float):
+    """Gaussian smoothing (periodic FFT; the geometries keep an ice-free rim, so no wrap-around)."""
+    ny, nx = field.shape
+    kx = np.fft.fftfreq(nx)[None, :]
+    ky = np.fft.fftfreq(ny)[:, None]
+    kernel = np.exp(-2 * (np.pi * sigma_cells) ** 2 * (kx**2 + ky**2))
+    return np.real(np.fft.ifft2(np.fft.fft2(field) * kernel))
 
 
 def random_geometry(rng: np.random.Generator, config: SyntheticConfig = SyntheticConfig(), kind=None) -> Geometry:
-    """One random glacier geometry (see the module docstring for the kinds)."""
+    """One random glacier geometry (see the module docstring for the kinds).
+
+    Thickness and slope are tied by a driving stress drawn from 0.04-0.15 MPa (a yield stress
+    ``tau``): trunks of valley glaciers have H ~ tau / (rho g alpha f) with a shape factor f, ice
+    caps and lobes plastic profiles H = sqrt(2 tau d / (rho g)) at distance d from the margin.
+    This keeps the geometries glaciological (speeds of metres to hundreds of metres per year).
+    """
     n = config.grid
     dx = float(config.dx) if config.dx is not None else float(rng.uniform(*config.dx_range))
     kind = kind or str(rng.choice(list(config.kinds)))
     size = n * dx
     x = np.arange(n) * dx
     X, Y = np.meshgrid(x, x)
-    hmax = rng.uniform(*config.max_thickness_range)
-    # keep the thickness plausible for the domain: a 1000 m thick glacier needs ~10 km of ice
-    hmax = min(hmax, 0.12 * size + 60.0)
-    roughness = rng.uniform(5, 40) * smooth_noise(rng, (n, n), rng.uniform(2, 8))
+    hmin, hmax_cap = config.max_thickness_range
+    tau = rng.uniform(0.04, 0.15)
+    roughness = rng.uniform(5, 30) * smooth_noise(rng, (n, n), rng.uniform(2, 8))
     if kind in ("valley", "tributary", "piedmont"):
         along, across = _valley_frame(rng, X, Y, size)
         slope = rng.uniform(0.03, 0.25)
+        shape_factor = rng.uniform(0.5, 0.9)
         width = rng.uniform(0.08, 0.25) * size
+        trunk = float(np.clip(tau / (RHO_G * slope * shape_factor), 30.0, hmax_cap))
         bed = _valley_bed(rng, along, across, size, slope, width)
         length = rng.uniform(0.5, 0.95) * size
         start = rng.uniform(-0.1, 0.05) * size
-        thickness = _glacier_in_valley(rng, along, across, size, hmax, start=start, length=length, width=width)
+        thickness = _glacier_in_valley(rng, along, across, start=start, length=length, width=width,
+                                       thickness=trunk, tau=tau)
         if kind == "tributary":
             join = start + rng.uniform(0.3, 0.6) * length
             angle = rng.uniform(0.5, 1.2) * rng.choice([-1, 1])
@@ -131,18 +160,15 @@ def random_geometry(rng: np.random.Generator, config: SyntheticConfig = Syntheti
             t_across = -(along - join) * np.sin(angle) + across * np.cos(angle)
             t_width = width * rng.uniform(0.4, 0.8)
             t_len = rng.uniform(0.25, 0.5) * size
-            branch = _glacier_in_valley(
-                rng, -t_along, t_across, size, hmax * rng.uniform(0.4, 0.8), start=0.0,
-                length=t_len, width=t_width,
-            )
+            branch = _glacier_in_valley(rng, -t_along, t_across, start=0.0, length=t_len,
+                                        width=t_width, thickness=trunk * rng.uniform(0.5, 0.9), tau=tau)
             bed = np.minimum(bed, _valley_bed(rng, join - t_along, t_across, size, slope, t_width) + 50.0)
             thickness = np.maximum(thickness, branch)
         if kind == "piedmont":
             lobe_at = start + length
             r = np.hypot(along - lobe_at, across)
             radius = rng.uniform(0.12, 0.25) * size
-            lobe = 0.5 * hmax * np.sqrt(np.clip(1 - (r / radius) ** 2, 0, None))
-            thickness = np.maximum(thickness, lobe)
+            thickness = np.maximum(thickness, np.minimum(_plastic(radius - r, tau), trunk))
             # the valley opens onto a gently sloping plain (smooth transition, no cliff)
             plain = 2500.0 - slope * lobe_at - 0.01 * (along - lobe_at)
             blend = 1.0 / (1.0 + np.exp(-(along - lobe_at) / (0.05 * size)))
@@ -154,24 +180,33 @@ def random_geometry(rng: np.random.Generator, config: SyntheticConfig = Syntheti
         xr = (X - cx) * np.cos(angle) + (Y - cy) * np.sin(angle)
         yr = (-(X - cx) * np.sin(angle) + (Y - cy) * np.cos(angle)) / stretch
         radius = rng.uniform(0.25, 0.45) * size
-        r = np.hypot(xr, yr) / radius
-        thickness = hmax * np.clip(1 - r ** (4 / 3), 0, None) ** (3 / 8)
+        thickness = _plastic(radius - np.hypot(xr, yr), tau)
         bed = 1500.0 + rng.uniform(50, 300) * smooth_noise(rng, (n, n), rng.uniform(4, 12))
     else:
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
     bed = bed + roughness
-    thickness = thickness * np.clip(1 + 0.1 * smooth_noise(rng, (n, n), 4), 0.5, 1.5)
+    thickness = np.minimum(thickness, hmax_cap)
+    thickness = _blur(thickness, 0.7) * np.clip(1 + 0.05 * smooth_noise(rng, (n, n), 4), 0.8, 1.2)
     thickness[thickness < 1.0] = 0.0
     # keep a one-cell ice-free rim (finite domain)
     thickness[[0, -1], :] = 0.0
     thickness[:, [0, -1]] = 0.0
-    log_c = np.log10(config.sliding_range)
-    mean = rng.uniform(*log_c)
-    sliding = 10 ** np.clip(mean + 0.4 * smooth_noise(rng, (n, n), rng.uniform(3, 12)), *log_c)
+    # sliding: a smooth random field whose typical basal speed (at the median driving stress)
+    # is drawn log-uniformly from about 0.1 to 300 m/yr, clipped to the configured range and so
+    # that even the steepest ice slides at most ~3 km/yr
+    sx, sy = Geometry(thickness=thickness, bed=bed, dx=dx).slopes()
+    tau_d = RHO_G * thickness * np.hypot(sx, sy)
+    ice = thickness > 0
+    tau_med = float(np.median(tau_d[ice])) if ice.any() else 0.1
+    tau_hi = float(np.percentile(tau_d[ice], 99)) if ice.any() else 0.1
+    basal_speed = 10 ** rng.uniform(-1.0, np.log10(300.0))
+    log_c = np.log10(tau_med / basal_speed ** (1 / 3)) + 0.3 * smooth_noise(rng, (n, n), rng.uniform(3, 12))
+    lower = max(config.sliding_range[0], tau_hi / 3000.0 ** (1 / 3))
+    sliding = np.clip(10**log_c, lower, max(lower, config.sliding_range[1]))
     rate = float(rng.uniform(*config.rate_factor_range))
     return Geometry(
         thickness=thickness, bed=bed, dx=dx, sliding_coefficient=sliding, rate_factor=rate,
-        attrs={"kind": kind},
+        attrs={"kind": kind, "yield_stress_MPa": float(tau)},
     )
 
 
