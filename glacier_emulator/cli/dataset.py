@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--start", type=int, default=0, help="index of the first sample (default 0)")
     p.add_argument("--kinds", nargs="+", choices=["valley", "tributary", "icecap", "piedmont"])
     p.add_argument("--tolerance", type=float, default=1e-9, help="solver tolerance (default 1e-9)")
+    p.add_argument("--no-labels", action="store_true",
+                   help="write the geometries only (no solve): data for physics-informed training")
     p.add_argument("--config", metavar="YAML", help="YAML with physics:, vertical:, synthetic: sections")
     add_vertical_arguments(p)
     add_physics_arguments(p)
@@ -43,6 +45,7 @@ def run(args) -> int:
         args.output, samples=args.samples, seed=args.seed, start=args.start,
         synthetic=SyntheticConfig(**synth), physics=physics_from_args(args, config),
         vertical=vertical_from_args(args, config), solver_config=SolverConfig(tolerance=args.tolerance),
+        labels=not args.no_labels,
     )
     print(f"{args.output}: {counts['written']} written, {counts['skipped']} already there, "
           f"{counts['not_converged']} not converged", file=sys.stderr)

@@ -29,17 +29,19 @@ def make_dataset(
     solver_config=None,
     start: int = 0,
     progress: Optional[bool] = None,
+    labels: bool = True,
 ) -> dict:
     """Generate ``samples`` labelled glaciers into ``directory``; returns counts and failures.
 
     Samples whose solve did not converge are still written (flagged ``solver_converged = 0``) so
-    that a resumed run does not retry them forever; training skips them.
+    that a resumed run does not retry them forever; training skips them. With ``labels=False``
+    only the geometries are written (no solve): data for physics-informed training.
     """
     import sys
 
     from tqdm import tqdm
 
-    from ..io.netcdf import write_velocity
+    from ..io.netcdf import write_geometry, write_velocity
     from ..numerics.solver import SolverConfig, solve
 
     if samples < 1:
@@ -55,6 +57,10 @@ def make_dataset(
             skipped += 1
             continue
         geometry = sample_geometry(index, seed=seed, config=synthetic)
+        if not labels:
+            write_geometry(geometry, path)
+            done += 1
+            continue
         result = solve(geometry, physics=physics, vertical=vertical, config=solver_config)
         not_converged += not result.converged
         write_velocity(

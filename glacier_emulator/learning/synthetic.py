@@ -62,6 +62,7 @@ def smooth_noise(rng, shape, correlation_cells: float) -> np.ndarray:
     ky = np.fft.fftfreq(ny)[:, None]
     spectrum = np.exp(-0.5 * (kx**2 + ky**2) * (2 * np.pi * correlation_cells) ** 2)
     field = np.real(np.fft.ifft2(np.fft.fft2(rng.standard_normal(shape)) * spectrum))
+    field = field - field.mean()
     std = field.std()
     return field / std if std > 0 else field
 

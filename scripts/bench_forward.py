@@ -1,0 +1,143 @@
+"""Benchmark: 50-year forward runs of the IGM side-by-side case with each velocity provider.
+
+The case (../shared/bench/igm/): the bundled example glacier, 100 x 100 nodes at 100 m, 50 years
+from 2000 with the ELA mass balance (ELA 2300 m, gradients 0.009 / 0.005 yr^-1, max 2 m/yr),
+CFL 0.3, dt <= 1 yr, saved every 10 years; A = 78 MPa^-3 yr^-1, n = 3, Weertman m = 1/3 with
+c = 0.0464 MPa m^-1/3 yr^1/3 (IGM's defaults, which are the package's).
+
+Each provider runs in this one process after a warm-up (compilation) of its velocity call, and the
+wall time of the run is measured (median over ``--repeats``). The solver-driven run is the
+reference: for the others the script reports the relative L2 error of |ubar| on ice at 2010,
+2030 and 2050, the thickness RMS difference, and the volume at 2050. With ``IGM_VENV`` set it
+also runs IGM's ``unified`` and ``solved`` variants via ../shared/bench/igm/run_igm.sh and reads
+their output for the same numbers.
+
+    python scripts/bench_forward.py [--providers emulator solver sia] [--model PATH] [--repeats 1]
+
+Results: scripts/results/forward.json and forward.md (machine and date included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+CHECK_YEARS = (2010.0, 2030.0, 2050.0)
+
+
+def run_provider(name, *, model=None, years=50.0):
+    from glacier_emulator.constants import Physics
+    from glacier_emulator.data import example_config, load_example_geometry
+    from glacier_emulator.dynamics.providers import make_provider
+    from glacier_emulator.dynamics.smb import smb_from_config
+    from glacier_emulator.dynamics.stepper import Stepper
+
+    config = example_config()
+    geometry = load_example_geometry()
+    emulator = None
+    if name == "emulator" and model:
+        from glacier_emulator.emulator import Emulator
+
+        emulator = Emulator.load(model)
+    provider = make_provider(name, Physics(), emulator=emulator)
+    provider.velocity(geometry)  # warm-up: compilation is not part of the run
+    stepper = Stepper(geometry, provider, smb_from_config(config.smb, geometry), cfl=config.cfl,
+                      dt_max=config.dt_max, start_time=config.start_time)
+    t0 = time.perf_counter()
+    ds = stepper.run_until_and_store(config.start_time + years, every=config.save_every)
+    wall = time.perf_counter() - t0
+    return ds, wall
+
+
+def compare(ds, ref):
+    out = {}
+    years = np.asarray(ds["year"].values, float)
+    ref_years = np.asarray(ref["year"].values, float)
+    for y in CHECK_YEARS:
+        i = int(np.argmin(np.abs(years - y)))
+        j = int(np.argmin(np.abs(ref_years - y)))
+        a = np.hypot(ds["ubar"].values[i], ds["vbar"].values[i])
+        b = np.hypot(ref["ubar"].values[j], ref["vbar"].values[j])
+        ice = ref["thk"].values[j] > 0
+        out[f"relL2_speed_{int(y)}"] = float(np.linalg.norm((a - b)[ice]) / np.linalg.norm(b[ice]))
+    h = ds["thk"].values[-1]
+    hr = ref["thk"].values[-1]
+    out["thickness_rms_diff_m_2050"] = float(np.sqrt(np.mean((h - hr) ** 2)))
+    return out
+
+
+def run_igm(venv, variant, workdir):
+    script = Path(__file__).resolve().parents[2] / "shared" / "bench" / "igm" / "run_igm.sh"
+    t0 = time.perf_counter()
+    subprocess.run(["bash", str(script), venv, str(workdir), variant], check=True)
+    wall = time.perf_counter() - t0
+    import xarray as xr
+
+    ds = xr.open_dataset(Path(workdir) / f"out_{variant}" / "output.nc", decode_times=False).load()
+    ds = ds.assign_coords(year=("time", np.asarray(ds["time"].values, float)))
+    return ds, wall
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--providers", nargs="+", default=["emulator", "solver", "sia"])
+    parser.add_argument("--model", help="emulator model file (default: the shipped default)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--years", type=float, default=50.0)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+
+    results, datasets = {}, {}
+    for name in args.providers:
+        walls = []
+        for _ in range(args.repeats):
+            ds, wall = run_provider(name, model=args.model, years=args.years)
+            walls.append(wall)
+        datasets[name] = ds
+        results[name] = dict(
+            wall_s=statistics.median(walls), steps=int(ds["n_steps"].values[-1]) if "n_steps" in ds else None,
+            volume_2050_km3=float(ds["volume"].values[-1]) / 1e9,
+        )
+        print(name, json.dumps(results[name]), flush=True)
+    venv = os.environ.get("IGM_VENV")
+    if venv:
+        work = Path(args.out) / "igm_work"
+        for variant in ("unified", "solved"):
+            ds, wall = run_igm(venv, variant, work)
+            datasets[f"igm_{variant}"] = ds
+            results[f"igm_{variant}"] = dict(wall_s=wall, volume_2050_km3=float(
+                (ds["thk"].values[-1].sum() * 100.0 * 100.0) / 1e9))
+    if "solver" in datasets:
+        for name, ds in datasets.items():
+            if name != "solver":
+                results[name].update(compare(ds, datasets["solver"]))
+    machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version())
+    meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine,
+                command="python scripts/bench_forward.py " + " ".join(args.providers and ["--providers", *args.providers]),
+                repeats=args.repeats, results=results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "forward.json").write_text(json.dumps(meta, indent=2))
+    lines = ["# Forward runs: IGM side-by-side case (100 x 100 at 100 m, 50 years, ELA SMB)", "",
+             f"{meta['date']}, {machine['platform']}, {machine['cpu_count']} CPUs; wall time of the "
+             f"run after a warm-up velocity call, median of {args.repeats}.", "",
+             "| provider | wall (s) | steps | relL2 |ubar| 2010 / 2030 / 2050 vs solver | thickness RMS diff 2050 (m) | volume 2050 (km3) |",
+             "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        rel = " / ".join(f"{r[f'relL2_speed_{int(y)}']:.3f}" for y in CHECK_YEARS) if f"relL2_speed_{int(CHECK_YEARS[0])}" in r else "reference" if name == "solver" else "-"
+        rms = f"{r['thickness_rms_diff_m_2050']:.2f}" if "thickness_rms_diff_m_2050" in r else "-"
+        lines.append(f"| {name} | {r['wall_s']:.1f} | {r.get('steps') or '-'} | {rel} | {rms} | {r['volume_2050_km3']:.3f} |")
+    (out / "forward.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
