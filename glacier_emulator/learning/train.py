@@ -544,7 +544,10 @@ def train(
         train_data = data
         val_data = load_data(validation, physics=explicit_physics or DEFAULT_PHYSICS,
                              require_labels=config.mode != "physics")
-        if val_data.layout != data.layout:
+        # physics-informed training needs no labels, but labelled validation data measure the
+        # error against the solver: then the validation keeps its own (richer) layout
+        physics_with_labels = config.mode == "physics" and not data.layout.has_labels
+        if val_data.layout != data.layout and not physics_with_labels:
             raise InputError(f"the validation data have {val_data.layout.labels} labels "
                              f"(levels={val_data.layout.levels}) but the training data have "
                              f"{data.layout.labels} (levels={data.layout.levels})")
@@ -647,13 +650,17 @@ def train(
         return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                 for k, v in per_replica.items()}
 
-    evaluator = make_evaluator(model, objective)
+    val_objective = objective
+    if val_data.layout != data.layout:
+        val_objective = Objective(mode=config.mode, layout=val_data.layout, vertical=vertical,
+                                  physics=physics, config=loss_config, energy=energy)
+    evaluator = make_evaluator(model, val_objective)
     monitor = config.monitor
     if monitor == "auto":
-        monitor = "val_physics" if config.mode == "physics" or not data.layout.has_labels else "val_rel_l2"
-    if monitor in ("val_rel_l2",) and not data.layout.has_labels:
+        monitor = "val_physics" if config.mode == "physics" or not val_data.layout.has_labels else "val_rel_l2"
+    if monitor in ("val_rel_l2",) and not val_data.layout.has_labels:
         raise ValueError(f"monitor {monitor} needs labels")
-    if monitor == "val_energy_gap" and not data.layout.has_levels:
+    if monitor == "val_energy_gap" and not val_data.layout.has_levels:
         raise ValueError("monitor val_energy_gap needs 3-D labels")
 
     # ---- the loop
