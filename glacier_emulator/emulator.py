@@ -63,7 +63,17 @@ PathLike = Union[str, Path]
 FORMAT = "glacier-emulator-model"
 FORMAT_VERSION = 1
 
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+def _pretrained_dir() -> Path:
+    """The installed :mod:`glacier_emulator.pretrained` package (the repository's ``pretrained/``)."""
+    try:
+        from . import pretrained
+
+        return Path(pretrained.__file__).resolve().parent
+    except ImportError:  # pragma: no cover - a broken installation
+        return Path(__file__).resolve().parent / "pretrained"
+
+
+PRETRAINED_DIR = _pretrained_dir()
 """Package folder that holds the shipped models (``NAME.keras`` + ``NAME.json``)."""
 
 DEFAULT_INPUT_RANGES: Dict[str, Tuple[float, float]] = {

@@ -168,8 +168,6 @@ class Velocity:
     @classmethod
     def from_levels(cls, u: np.ndarray, v: np.ndarray, zeta: np.ndarray) -> "Velocity":
         """Depth averages by the trapezoidal rule on the levels."""
-        from .constants import VerticalDiscretisation  # noqa: F401  (documented relation)
-
         zeta = np.asarray(zeta, float)
         dz = np.diff(zeta)
         w = np.zeros(len(zeta))

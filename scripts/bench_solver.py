@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 

@@ -6,7 +6,6 @@ file may set ``physics:``, ``vertical:`` and ``solver:`` sections, and flags ove
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..constants import Physics, VerticalDiscretisation
 
@@ -37,18 +36,9 @@ def load_config(path) -> dict:
     """Read a YAML config (a mapping of sections); a missing or malformed file is a ValueError."""
     if path is None:
         return {}
-    import yaml
+    from ..io.yaml_config import read_yaml_mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections (physics:, vertical:, ...)")
-    return data
+    return read_yaml_mapping(path, what="config")
 
 
 def physics_from_args(args, config: dict | None = None) -> Physics:

@@ -132,13 +132,6 @@ def write_example(path: Union[str, os.PathLike] = EXAMPLE_GLACIER) -> Path:
             "source": "glacier_emulator.data.example_geometry()",
         },
     )
-    encoding = {name: {"zlib": True, "complevel": 9, "shuffle": True} for name in ("topg", "thk", "usurf")}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    from ..io.netcdf import safe_write
+
+    return safe_write(ds, path, single_precision=True)

@@ -213,18 +213,9 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: Union[str, os.PathLike]) -> "RunConfig":
-        import yaml
+        from ..io.yaml_config import read_yaml_mapping
 
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"run config not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            try:
-                values = yaml.safe_load(f)
-            except yaml.YAMLError as exc:
-                raise ValueError(f"{path}: not valid YAML ({exc})") from None
-        if values is not None and not isinstance(values, dict):
-            raise ValueError(f"{path}: a run config must be a mapping of settings")
+        values = read_yaml_mapping(path, what="run config")
         try:
             return cls.from_dict(values)
         except ValueError as exc:

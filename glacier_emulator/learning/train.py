@@ -227,17 +227,9 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: PathLike, **overrides) -> "TrainConfig":
         """Read a YAML file of settings; ``overrides`` (not None) replace them."""
-        import yaml
+        from ..io.yaml_config import read_yaml_mapping
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: training config not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of training settings")
+        values = read_yaml_mapping(path, what="training config")
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls.from_dict(values)

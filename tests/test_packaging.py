@@ -1,0 +1,39 @@
+"""The wheel carries the package data: the example glacier and every shipped model."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(out), str(ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (path,) = out.glob("glacier_emulator-*.whl")
+    with zipfile.ZipFile(path) as zf:
+        return {info.filename: info.file_size for info in zf.infolist()}
+
+
+def test_wheel_has_example_glacier_and_cli(wheel):
+    assert "glacier_emulator/data/example_glacier.nc" in wheel
+    assert "glacier_emulator/data/example_run.yaml" in wheel
+    assert "glacier_emulator/pretrained/__init__.py" in wheel
+    assert any(name.endswith("entry_points.txt") for name in wheel)
+
+
+def test_wheel_has_every_shipped_model(wheel):
+    shipped = sorted(p.name for p in (ROOT / "pretrained").glob("*.keras"))
+    for name in shipped:
+        assert f"glacier_emulator/pretrained/{name}" in wheel
+        assert f"glacier_emulator/pretrained/{Path(name).with_suffix('.json')}" in wheel
+        size = wheel[f"glacier_emulator/pretrained/{name}"]
+        assert 0 < size <= 50 * 2**20, (name, size)
