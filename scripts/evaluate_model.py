@@ -1,0 +1,156 @@
+"""Evaluate an emulator on held-out solver-labelled glaciers and write its model card.
+
+For every test file (written by ``glacier-emulator make-dataset`` or ``solve``): the relative L2
+error of the depth-averaged velocity (ubar, vbar) on ice nodes against the converged solver,
+of the surface velocity (3-D models), and the energy gap (E_emulator - E_solver) / |E_solver| of
+the Blatter-Pattyn energy (3-D models; the same energy code as the solver). Reported as median and
+90th percentile, overall and per glacier kind, with the inference time (median of repeats).
+
+    python scripts/evaluate_model.py pretrained/NAME.keras --test DIR [--skip N] [--card pretrained/NAME.md]
+
+``--skip N`` leaves out the first N files (e.g. those used for validation during training).
+The numbers are also written into the model's metadata JSON under ``accuracy``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+
+def evaluate(model_path, files):
+    import tensorflow as tf
+    import xarray as xr
+
+    from glacier_emulator.emulator import Emulator
+    from glacier_emulator.io import read_geometry
+    from glacier_emulator.physics.energy import blatter_pattyn_energy
+
+    emulator = Emulator.load(model_path)
+    phys, vert = emulator.metadata.physics, emulator.metadata.vertical
+    rows = []
+    for path in files:
+        with xr.open_dataset(path) as ds:
+            if int(ds.attrs.get("solver_converged", 1)) != 1:
+                continue
+            ubar, vbar = ds["ubar"].values, ds["vbar"].values
+            levels = ("uvel" in ds) and ("vvel" in ds)
+            uvel = ds["uvel"].values if levels else None
+            vvel = ds["vvel"].values if levels else None
+            kind = str(ds.attrs.get("kind", "unknown"))
+        geometry = read_geometry(path)
+        emulator.predict_geometry(geometry)  # warm-up for this grid size
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            vel = emulator.predict_geometry(geometry)
+            times.append(time.perf_counter() - t0)
+        ice = geometry.thickness > 0
+        ref = np.stack([ubar[ice], vbar[ice]])
+        est = np.stack([vel.ubar[ice], vel.vbar[ice]])
+        row = dict(file=Path(path).name, kind=kind, dx=geometry.dx, grid=list(geometry.shape),
+                   rel_l2_ubar=float(np.linalg.norm(est - ref) / max(np.linalg.norm(ref), 1e-12)),
+                   max_speed=float(np.max(np.hypot(ubar, vbar))), inference_s=statistics.median(times))
+        if levels and vel.u is not None and vel.u.shape == uvel.shape:
+            rs = np.stack([uvel[-1][ice], vvel[-1][ice]])
+            es = np.stack([vel.u[-1][ice], vel.v[-1][ice]])
+            row["rel_l2_surface"] = float(np.linalg.norm(es - rs) / max(np.linalg.norm(rs), 1e-12))
+            kw = dict(thickness=geometry.thickness, surface=geometry.surface, dx=geometry.dx,
+                      dy=geometry.dy, sliding_coefficient=geometry.sliding_coefficient,
+                      rate_factor=geometry.rate_factor, physics=phys, vertical=vert)
+            mask = ice.astype(float)
+            e_sol = float(blatter_pattyn_energy(tf.constant(uvel, tf.float64), tf.constant(vvel, tf.float64), **kw))
+            e_emu = float(blatter_pattyn_energy(tf.constant(vel.u * mask, tf.float64),
+                                                tf.constant(vel.v * mask, tf.float64), **kw))
+            row["energy_gap"] = (e_emu - e_sol) / abs(e_sol)
+        rows.append(row)
+    return emulator, rows
+
+
+def summarise(rows, key):
+    values = [r[key] for r in rows if key in r]
+    if not values:
+        return None
+    return dict(median=float(np.median(values)), p90=float(np.percentile(values, 90)), n=len(values))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("--test", nargs="+", required=True, help="labelled NetCDF files or folders")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N files")
+    parser.add_argument("--card", help="write the model card (markdown) here")
+    parser.add_argument("--no-update", action="store_true", help="do not write the accuracy into the JSON")
+    args = parser.parse_args()
+
+    files = []
+    for item in args.test:
+        p = Path(item)
+        files.extend(sorted(p.glob("*.nc")) if p.is_dir() else [p])
+    files = files[args.skip:]
+    emulator, rows = evaluate(args.model, files)
+    by_kind = defaultdict(list)
+    for r in rows:
+        by_kind[r["kind"]].append(r)
+    accuracy = dict(
+        test_files=len(rows), test_set=[str(t) for t in args.test], skipped_first=args.skip,
+        rel_l2_ubar=summarise(rows, "rel_l2_ubar"), rel_l2_surface=summarise(rows, "rel_l2_surface"),
+        energy_gap=summarise(rows, "energy_gap"),
+        per_kind={k: dict(rel_l2_ubar=summarise(v, "rel_l2_ubar"), rel_l2_surface=summarise(v, "rel_l2_surface"))
+                  for k, v in sorted(by_kind.items())},
+        inference_s_median=float(np.median([r["inference_s"] for r in rows])) if rows else None,
+        machine=dict(platform=platform.platform(), cpu_count=os.cpu_count()),
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    print(json.dumps(accuracy, indent=2))
+    json_path = Path(args.model).with_suffix(".json")
+    if not args.no_update and json_path.is_file():
+        meta = json.loads(json_path.read_text())
+        meta["accuracy"] = dict(meta.get("accuracy") or {}, held_out=accuracy)
+        json_path.write_text(json.dumps(meta, indent=2) + "\n")
+    if args.card:
+        md = json.loads(json_path.read_text())
+        lines = [f"# Model card: {md['name']}", "", md.get("description") or "", "",
+                 "## Inputs and outputs", "",
+                 "| input | units | scale |", "|---|---|---|"]
+        for inp in md["inputs"]:
+            lines.append(f"| {inp['name']} | {inp.get('units', '')} | {inp.get('scale', '')} |")
+        out = md["outputs"]
+        grid = md.get("grid_spacing", {})
+        lines += ["", f"Outputs: {out.get('kind')} ({len(out.get('names', []))} channels), "
+                  f"{out.get('units')}; levels: {md.get('vertical')}.", "",
+                  f"Valid grid spacing: {grid.get('min')}-{grid.get('max')} m.", "",
+                  f"Physics (the package defaults unless stated): {md.get('physics')}.", "",
+                  "## Training", "", f"Recipe: `training/configs/{md['name']}.yaml` (see training/README.md).", "",
+                  f"Data: {json.dumps(md.get('training_data'))[:800]}", "",
+                  "## Held-out accuracy (against the converged reference solver)", "",
+                  f"{len(rows)} glaciers never used for training or model selection "
+                  f"({', '.join(args.test)}, first {args.skip} files left out); measured {accuracy['date']} "
+                  f"on {accuracy['machine']['platform']} ({accuracy['machine']['cpu_count']} CPUs).", "",
+                  "| glaciers | n | rel. L2 ubar median | p90 | rel. L2 surface median | p90 |",
+                  "|---|---|---|---|---|---|"]
+
+        def fmt(s, k):
+            return f"{s[k]:.3f}" if s else "-"
+
+        for name, group in [("all", rows)] + sorted(by_kind.items()):
+            a, b = summarise(group, "rel_l2_ubar"), summarise(group, "rel_l2_surface")
+            lines.append(f"| {name} | {len(group)} | {fmt(a, 'median')} | {fmt(a, 'p90')} | {fmt(b, 'median')} | {fmt(b, 'p90')} |")
+        gap = accuracy["energy_gap"]
+        lines += ["", f"Energy gap (E_emulator - E_solver)/|E_solver|: median {gap['median']:.4f}, "
+                  f"p90 {gap['p90']:.4f}." if gap else "",
+                  f"Inference: median {accuracy['inference_s_median'] * 1000:.1f} ms per glacier "
+                  f"({rows[0]['grid'][0]}x{rows[0]['grid'][1]}, CPU)." if rows else "", ""]
+        Path(args.card).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
