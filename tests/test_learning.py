@@ -274,6 +274,23 @@ def test_physics_energy_falls(dataset, tmp_path):
     assert _val(result, "val_rel_l2")[1] < _val(result, "val_rel_l2")[0]
 
 
+def test_physics_on_geometry_only_files_validates_against_labels(dataset, tmp_path):
+    """Physics-informed training needs geometries only; labelled validation files still measure
+    the error against the solver (the recipe of the shipped physics-trained model)."""
+    from glacier_emulator.io import read_geometry, write_geometry
+
+    geometries = tmp_path / "geometries"
+    geometries.mkdir()
+    for path in sorted((dataset / "train").glob("*.nc")):
+        write_geometry(read_geometry(path), geometries / path.name)
+    config = tiny_config(mode="physics", steps=20, validate_every=10, monitor="val_rel_l2",
+                         vertical=dict(levels=4, spacing=2.0), model=dict(MODEL, velocity_scale=100.0))
+    result = train([geometries], tmp_path / "geo.keras", config, validation=[dataset / "validation"])
+    first, last, _ = _val(result, "val_rel_l2")
+    assert np.isfinite(last) and last < first
+    assert (tmp_path / "geo.json").is_file()
+
+
 def test_physics_on_one_glacier_approaches_the_solver(dataset, tmp_path):
     """Physics-only training on one geometry converges to the reference solver's solution.
 

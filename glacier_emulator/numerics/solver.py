@@ -330,14 +330,14 @@ def solve(
         )
         return e / escale
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=True, autograph=False)
     def value_and_grad(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
             e = energy_of(x)
         return e, tape.gradient(e, x)
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=True, autograph=False)
     def to_levels(x):
         return levels_of(x[:nfree]), levels_of(x[nfree:])
 
