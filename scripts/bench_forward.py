@@ -49,7 +49,7 @@ def run_provider(name, *, model=None, years=50.0):
         emulator = Emulator.load(model)
     provider = make_provider(name, Physics(), emulator=emulator)
     provider.velocity(geometry)  # warm-up: compilation is not part of the run
-    stepper = Stepper(geometry, provider, smb_from_config(config.smb, geometry), cfl=config.cfl,
+    stepper = Stepper(geometry, provider, smb_from_config(config.smb), cfl=config.cfl,
                       dt_max=config.dt_max, start_time=config.start_time)
     t0 = time.perf_counter()
     ds = stepper.run_until_and_store(config.start_time + years, every=config.save_every)

@@ -15,6 +15,7 @@ Stopping rule (both are reported): the relative energy decrease over an iteratio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -236,6 +237,44 @@ def prolong(field: np.ndarray, shape, *, periodic: bool) -> np.ndarray:
     return out
 
 
+def _column_weights(zeta) -> np.ndarray:
+    """Scale of each unknown of a column: 1 for the bed, sqrt(layer thickness) for increments."""
+    return np.concatenate([[1.0], np.sqrt(np.diff(np.asarray(zeta, float)))])
+
+
+@functools.lru_cache(maxsize=32)
+def _energy_function(*, dtype, dx, dy, periodic, physics, vertical, explicit_slope):
+    """The compiled scaled energy and its gradient, for one kind of problem.
+
+    The unknowns ``x`` (shape ``(2, Nz, ny, nx)``: u then v) are the basal velocity and the
+    velocity increment across each layer, scaled by sqrt(layer thickness): each layer's shear
+    energy then depends on one unknown with a curvature independent of the layer thickness, a
+    diagonal preconditioner of the stiff vertical shear. The geometry enters as tensors, so one
+    compilation serves every glacier of a grid size (forward runs, datasets).
+    """
+    col_w = tf.constant(_column_weights(vertical.zeta), dtype)[:, None, None]
+
+    @tf.function(jit_compile=True, autograph=False)
+    def value_and_grad(x, free, ice, thickness, surface, slope_x, slope_y, sliding, rate,
+                       uscale, escale):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            levels = tf.cumsum(x * free * col_w, axis=1) * (uscale * ice)
+            cgeom = sample_geometry(
+                thickness=thickness, dx=dx, dy=dy, surface=surface,
+                surface_slope=(slope_x, slope_y) if explicit_slope else None,
+                periodic=periodic, dtype=dtype,
+            )
+            e = blatter_pattyn_energy(
+                levels[0], levels[1], thickness=None, dx=dx, dy=dy, geometry=cgeom,
+                sliding_coefficient=sliding, rate_factor=rate, physics=physics,
+                vertical=vertical, periodic=periodic,
+            ) / escale
+        return e, tape.gradient(e, x)
+
+    return value_and_grad
+
+
 def solve(
     geometry: Geometry,
     *,
@@ -277,7 +316,6 @@ def solve(
         coarse_report = dict(iterations=coarse.iterations, wall_time=coarse.wall_time,
                              grid=coarse.velocity.ubar.shape, coarse=coarse.report.get("coarse"))
     dtype = tf.float64 if config.dtype == "float64" else tf.float32
-    npdtype = np.float64 if config.dtype == "float64" else np.float32
     nz = vertical.levels
     ny, nx = geometry.shape
     zeta = vertical.zeta
@@ -294,61 +332,39 @@ def solve(
         physics.rho_g * np.sum(geometry.thickness * np.hypot(sx, sy)) * geometry.cell_area * uscale
     )
     escale = max(escale, 1e-30)
-    slope = (tf.constant(sx, dtype), tf.constant(sy, dtype)) if geometry.surface_slope is not None else None
-    cgeom = sample_geometry(
-        thickness=tf.constant(geometry.thickness, dtype), dx=geometry.dx, dy=geometry.dy,
-        surface=tf.constant(geometry.surface, dtype), surface_slope=slope,
-        periodic=geometry.periodic, dtype=dtype,
+    shape = (ny, nx)
+
+    def field(value, default):
+        value = default if value is None else value
+        return np.broadcast_to(np.asarray(value, np.float64), shape)
+
+    ice = (geometry.thickness > 0).astype(np.float64)
+    inputs = [
+        mask_np, ice, geometry.thickness, geometry.surface, sx, sy,
+        field(geometry.sliding_coefficient, physics.sliding_coefficient),
+        field(geometry.rate_factor, physics.rate_factor),
+    ]
+    inputs = [tf.constant(a, dtype) for a in inputs] + [tf.constant(uscale, dtype), tf.constant(escale, dtype)]
+    value_and_grad = _energy_function(
+        dtype=dtype, dx=geometry.dx, dy=geometry.dy, periodic=geometry.periodic, physics=physics,
+        vertical=vertical, explicit_slope=geometry.surface_slope is not None,
     )
-    sliding = geometry.sliding_coefficient
-    rate = geometry.rate_factor
-    sliding_t = None if sliding is None else tf.constant(sliding, dtype)
-    rate_t = None if (rate is None or np.ndim(rate) == 0) else tf.constant(rate, dtype)
-    if rate is not None and np.ndim(rate) == 0:
-        physics = physics.replace(rate_factor=float(rate))
     # Unknowns: the basal velocity and the velocity increment across each layer, scaled by
-    # sqrt(layer thickness). Each layer's shear energy then depends on one unknown with a curvature
-    # independent of the layer thickness: a diagonal preconditioner of the stiff vertical shear.
-    col_w = np.concatenate([[1.0], np.sqrt(np.diff(zeta))])
-    col_w_t = tf.constant(col_w, dtype)[:, None, None]
-    ice = tf.constant((geometry.thickness > 0).astype(np.float64), dtype)
-    free = mask_np.astype(bool)
-    nfree = int(free.sum())
-    free_idx = tf.constant(np.flatnonzero(free.ravel()), tf.int64)
-
-    def levels_of(x_part):
-        full = tf.reshape(tf.scatter_nd(free_idx[:, None], x_part, [nz * ny * nx]), (nz, ny, nx))
-        return tf.cumsum(full * col_w_t, axis=0) * (uscale * ice)
-
-    def energy_of(x):
-        u = levels_of(x[:nfree])
-        v = levels_of(x[nfree:])
-        e = blatter_pattyn_energy(
-            u, v, thickness=None, dx=geometry.dx, dy=geometry.dy, geometry=cgeom,
-            sliding_coefficient=sliding_t, rate_factor=rate_t, physics=physics,
-            vertical=vertical, periodic=geometry.periodic,
-        )
-        return e / escale
-
-    @tf.function(jit_compile=True, autograph=False)
-    def value_and_grad(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            e = energy_of(x)
-        return e, tape.gradient(e, x)
-
-    @tf.function(jit_compile=True, autograph=False)
-    def to_levels(x):
-        return levels_of(x[:nfree]), levels_of(x[nfree:])
+    # sqrt(layer thickness) (see _energy_function); fixed ones (ice-free nodes, the bed under
+    # no slip) are masked and stay zero.
+    col_w = _column_weights(zeta)[:, None, None]
 
     def fun(x):
-        e, g = value_and_grad(tf.constant(x, dtype))
-        return float(e), g.numpy().astype(np.float64)
+        e, g = value_and_grad(tf.constant(x.reshape(2, nz, ny, nx), dtype), *inputs)
+        return float(e), g.numpy().astype(np.float64).ravel()
 
     def to_unknowns(w):
         w = np.asarray(w, float) / uscale
-        inc = np.concatenate([w[:1], np.diff(w, axis=0)], axis=0) / col_w[:, None, None]
-        return inc[free]
+        return np.concatenate([w[:1], np.diff(w, axis=0)], axis=0) / col_w * mask_np
+
+    def to_levels(x):
+        x = x.reshape(2, nz, ny, nx) * mask_np
+        return tuple(np.cumsum(x[i] * col_w, axis=0) * uscale * ice for i in range(2))
 
     if initial is not None:
         if initial.u is not None and initial.u.shape == (nz, ny, nx):
@@ -356,23 +372,23 @@ def solve(
         else:
             u0 = np.broadcast_to(initial.ubar, (nz, ny, nx))
             v0 = np.broadcast_to(initial.vbar, (nz, ny, nx))
-        x0 = np.concatenate([to_unknowns(u0), to_unknowns(v0)])
+        x0 = np.stack([to_unknowns(u0), to_unknowns(v0)]).ravel()
     else:
-        x0 = np.zeros(2 * nfree)
-    x0 = x0.astype(npdtype)
+        x0 = np.zeros(2 * nz * ny * nx)
 
     res = lbfgs(fun, x0, ftol=config.tolerance, gtol=config.gradient_tolerance,
                 max_iterations=int(config.max_iterations), history=int(config.history),
                 callback=callback)
-    e, g = value_and_grad(tf.constant(res.x, dtype))
-    gnorm = float(np.max(np.abs(g.numpy()))) if nfree else 0.0
-    u, v = (a.numpy().astype(np.float64) for a in to_levels(tf.constant(res.x, dtype)))
+    e, g = fun(res.x)
+    gnorm = float(np.max(np.abs(g)))
+    u, v = to_levels(res.x)
     vel = Velocity.from_levels(u, v, zeta)
     message = res.message
     converged = bool(res.success)
+    nfree = int(mask_np.sum())
     return SolveResult(
         velocity=vel, converged=converged, iterations=int(res.nit), evaluations=int(res.nfev),
-        energy=float(e) * escale, gradient_norm=gnorm, message=message,
+        energy=e * escale, gradient_norm=gnorm, message=message,
         wall_time=time.perf_counter() - t0, tolerance=config.tolerance,
         report=dict(velocity_scale=uscale, energy_scale=escale, unknowns=2 * nfree,
                     coarse=coarse_report),
