@@ -186,3 +186,14 @@ def test_solver_converges_under_grid_refinement():
     d3 = np.abs(profiles[64] - profiles[32]).max()
     assert d3 < d2 < d1
     assert d3 < 0.5 * d2  # at least first order; second order gives ~0.25
+
+
+def test_scalar_and_uniform_field_parameters_agree():
+    rng = np.random.default_rng(2)
+    h = 200 + 50 * rng.random((6, 7))
+    u = 10 * rng.random((4, 6, 7))
+    kw = dict(thickness=h, surface=h + 5 * rng.random((6, 7)), dx=80.0, vertical=VerticalDiscretisation(4))
+    scalar = blatter_pattyn_energy(u, u, rate_factor=50.0, sliding_coefficient=0.1, **kw)
+    field = blatter_pattyn_energy(u, u, rate_factor=np.full((6, 7), 50.0),
+                                  sliding_coefficient=np.full((6, 7), 0.1), **kw)
+    assert float(scalar) == pytest.approx(float(field), rel=1e-12)

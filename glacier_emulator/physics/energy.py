@@ -180,7 +180,7 @@ def viscous_energy(
 ):
     r"""Viscous term :math:`\int_\Omega \frac{2n}{n+1} A^{-1/n} \dot\varepsilon_e^{(n+1)/n} dV`.
 
-    ``rate_factor`` (MPa^-n yr^-1) may be a nodal field ``(..., ny, nx)``; by default
+    ``rate_factor`` (MPa^-n yr^-1) may be a scalar or a nodal field ``(..., ny, nx)``; by default
     ``physics.rate_factor``. The constant contributed by the strain-rate regularisation is removed,
     so ice at rest has zero energy. Returns MPa m^3 yr^-1, one value per batch element.
     """
@@ -189,10 +189,9 @@ def viscous_energy(
         u, v, geometry, zeta=zeta, dx=dx, dy=dy, periodic=periodic,
         regularisation=physics.strain_rate_regularisation,
     )
-    if rate_factor is None:
-        a = tf.cast(physics.rate_factor, dtype)
-    else:
-        a = tf.expand_dims(element_values(tf.cast(rate_factor, dtype), periodic=periodic), -4)
+    a = tf.cast(physics.rate_factor if rate_factor is None else rate_factor, dtype)
+    if len(a.shape) >= 2:  # a nodal field
+        a = tf.expand_dims(element_values(a, periodic=periodic), -4)
     phi = glen_dissipation(sr2, rate_factor=a, glen_exponent=physics.glen_exponent)
     # remove the constant that the regularisation adds, so that rest has zero energy
     phi0 = glen_dissipation(
