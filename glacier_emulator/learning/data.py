@@ -62,18 +62,12 @@ import numpy as np
 
 from ..constants import DEFAULT_PHYSICS, Physics, VerticalDiscretisation
 from ..fields import InputError
+from ..models.unet import INPUT_CHANNELS
 
 PathLike = Union[str, os.PathLike]
 
-INPUT_FIELDS = (
-    "thickness",
-    "surface_slope_x",
-    "surface_slope_y",
-    "sliding_coefficient",
-    "rate_factor",
-    "grid_spacing",
-)
-"""Names of the input fields 0-5, the canonical input channel order of the U-Net."""
+INPUT_FIELDS = INPUT_CHANNELS
+"""Names of the input fields 0-5: the U-Net's canonical input channel order."""
 
 SURFACE = 6
 UBAR, VBAR = 7, 8
