@@ -47,6 +47,19 @@ UNITS = {
 }
 
 
+def dataclass_from_mapping(cls, values, *, what: str):
+    """``cls(**values)`` for a dataclass, refusing unknown keys with one clear message.
+
+    ``what`` starts the message, e.g. ``"Unknown physics constant"``.
+    """
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{what}(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
 @dataclass(frozen=True)
 class Physics:
     """Physical constants of the Blatter-Pattyn model (units: m, yr, MPa).
@@ -119,12 +132,7 @@ class Physics:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "Physics":
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown physics constant(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return dataclass_from_mapping(cls, values, what="Unknown physics constant")
 
 
 DEFAULT_PHYSICS = Physics()

@@ -204,12 +204,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: Optional[dict]) -> "RunConfig":
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown run setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        from ..constants import dataclass_from_mapping
+
+        return dataclass_from_mapping(cls, values, what="Unknown run setting")
 
     @classmethod
     def from_yaml(cls, path: Union[str, os.PathLike]) -> "RunConfig":

@@ -37,7 +37,7 @@ solver's tolerance when the labels are the energy minimum).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -91,12 +91,9 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, values: Optional[dict]) -> "LossConfig":
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown loss setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        from ..constants import dataclass_from_mapping
+
+        return dataclass_from_mapping(cls, values, what="unknown loss setting")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -218,11 +218,9 @@ class TrainConfig:
             inner = dict(values.pop("train"))
             inner.update(values)
             values = inner
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        from ..constants import dataclass_from_mapping
+
+        return dataclass_from_mapping(cls, values, what="unknown training setting")
 
     @classmethod
     def from_yaml(cls, path: PathLike, **overrides) -> "TrainConfig":
