@@ -488,6 +488,42 @@ class Emulator:
         meta_path.write_text(json.dumps(self.metadata.to_dict(), indent=2) + "\n")
         return path
 
+    def depth_averaged(self, name: Optional[str] = None, **metadata) -> "Emulator":
+        """A depth-averaged (ubar, vbar) emulator with exactly the depth average of this 3-D one.
+
+        The U-Net's last layer is a 1 x 1 convolution to u and v on the levels and everything
+        after it (mirror averaging, output scaling, ice mask) is linear, so contracting that
+        layer's kernel and bias with the depth-average weights of the levels gives a 2-channel
+        network whose output equals the trapezoidal depth average of this one's (to float32
+        round-off), with every other weight shared.
+
+        Args:
+            name: the new model's name (default: this name with ``-ubar``).
+            **metadata: other :class:`ModelMetadata` fields to set (description, version, ...).
+        """
+        if not self.has_levels:
+            raise ValueError(f"model {self.name!r} is already depth-averaged")
+        import dataclasses
+
+        arch = {k: v for k, v in self.model.get_config().items() if k not in ("name", "trainable")}
+        arch["out_channels"] = 2
+        model = GlacierUNet(**arch)
+        w = np.asarray(self.vertical.depth_average_weights, np.float64)
+        nz = len(w)
+        for layer in model.layers:
+            source = self.model.get_layer(layer.name).get_weights()
+            if layer.name == "velocity_head":
+                kernel, bias = (np.asarray(a, np.float64) for a in source)
+                kernel = np.stack([kernel[..., :nz] @ w, kernel[..., nz:] @ w], axis=-1)
+                bias = np.array([bias[:nz] @ w, bias[nz:] @ w])
+                source = [kernel.astype(np.float32), bias.astype(np.float32)]
+            layer.set_weights(source)
+        fields = dict(metadata)
+        fields.setdefault("name", name or f"{self.name}-ubar")
+        fields["outputs"] = "depth_averaged"
+        fields["architecture"] = {**dict(self.metadata.architecture), "out_channels": 2}
+        return Emulator(model, dataclasses.replace(self.metadata, **fields))
+
     # ------------------------------------------------------------- properties
     @property
     def name(self) -> str:

@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +34,23 @@ import numpy as np
 CHECK_YEARS = (2010.0, 2030.0, 2050.0)
 
 
-def run_provider(name, *, model=None, years=50.0):
+class CountingSolver:
+    """The solver provider, recording each step's iterations and convergence."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.log = inner, inner.name, []
+
+    def velocity(self, geometry):
+        out = self.inner.velocity(geometry)
+        r = self.inner.last_result
+        self.log.append((int(r.iterations), bool(r.converged)))
+        return out
+
+    def max_time_step(self, geometry, velocity):
+        return self.inner.max_time_step(geometry, velocity)
+
+
+def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
     from glacier_emulator.constants import Physics
     from glacier_emulator.data import example_config, load_example_geometry
     from glacier_emulator.dynamics.providers import make_provider
@@ -47,14 +64,41 @@ def run_provider(name, *, model=None, years=50.0):
         from glacier_emulator.emulator import Emulator
 
         emulator = Emulator.load(model)
-    provider = make_provider(name, Physics(), emulator=emulator)
-    provider.velocity(geometry)  # warm-up: compilation is not part of the run
+    solver_config = None
+    if name == "solver":
+        from glacier_emulator.numerics.solver import SolverConfig
+
+        solver_config = SolverConfig(max_iterations=solver_iterations)
+    provider = make_provider(name, Physics(), emulator=emulator, solver_config=solver_config)
+    if name == "solver":
+        # the warm-up is a full solve from rest: the run starts from the converged velocity
+        provider.config = SolverConfig()
+        provider.velocity(geometry)
+        provider.config = solver_config
+        provider = CountingSolver(provider)
+    else:
+        provider.velocity(geometry)  # warm-up: compilation is not part of the run
     stepper = Stepper(geometry, provider, smb_from_config(config.smb), cfl=config.cfl,
                       dt_max=config.dt_max, start_time=config.start_time)
     t0 = time.perf_counter()
     ds = stepper.run_until_and_store(config.start_time + years, every=config.save_every)
     wall = time.perf_counter() - t0
-    return ds, wall
+    extra = {}
+    if isinstance(provider, CountingSolver):
+        its = [k for k, _ in provider.log]
+        extra = dict(velocity_solves=len(its), iterations_median=float(np.median(its)),
+                     steps_converged=int(sum(c for _, c in provider.log)))
+        # how far the per-step-capped solve is from a converged one at the end of the run
+        from glacier_emulator.numerics.solver import solve
+
+        final = stepper.geometry
+        ref = solve(final, physics=Physics()).velocity
+        a = np.hypot(ds["ubar"].values[-1], ds["vbar"].values[-1])
+        b = np.hypot(ref.ubar, ref.vbar)
+        ice = final.thickness > 0
+        extra["relL2_speed_end_vs_converged_solve"] = float(
+            np.linalg.norm((a - b)[ice]) / np.linalg.norm(b[ice]))
+    return ds, wall, extra
 
 
 def compare(ds, ref):
@@ -91,22 +135,49 @@ def main():
     parser.add_argument("--providers", nargs="+", default=["emulator", "solver", "sia"])
     parser.add_argument("--model", help="emulator model file (default: the shipped default)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--solver-iterations", type=int, default=100,
+                        help="L-BFGS iterations per time step of the solver-driven run (warm-started "
+                             "from the previous step; IGM's solved uses 100 Adam iterations); "
+                             "the run starts from a converged solve")
+    parser.add_argument("--save-runs", action="store_true",
+                        help="write each provider's time series to OUT/forward_NAME.nc")
+    parser.add_argument("--load-run", nargs="+", default=[], metavar="NAME=PATH",
+                        help="use a time series saved by an earlier --save-runs instead of running "
+                             "NAME (its wall time is read from the file; the table says so)")
     parser.add_argument("--years", type=float, default=50.0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
 
+    import xarray as xr
+
     results, datasets = {}, {}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in args.load_run:
+        name, _, path = item.partition("=")
+        ds = xr.open_dataset(path).load()
+        datasets[name] = ds
+        results[name] = json.loads(ds.attrs["benchmark"])
+        results[name]["from_earlier_run"] = str(path)
+        print(name, "(loaded)", json.dumps(results[name]), flush=True)
     for name in args.providers:
         walls = []
         for _ in range(args.repeats):
-            ds, wall = run_provider(name, model=args.model, years=args.years)
+            ds, wall, extra = run_provider(name, model=args.model, years=args.years,
+                                           solver_iterations=args.solver_iterations)
             walls.append(wall)
         datasets[name] = ds
         results[name] = dict(
             wall_s=statistics.median(walls), steps=int(ds["n_steps"].values[-1]) if "n_steps" in ds else None,
-            volume_2050_km3=float(ds["volume"].values[-1]) / 1e9,
+            volume_2050_km3=float(ds["volume"].values[-1]) / 1e9, **extra,
         )
+        if name == "emulator":
+            results[name]["model"] = args.model or "shipped default"
         print(name, json.dumps(results[name]), flush=True)
+        if args.save_runs:
+            saved = ds.copy()
+            saved.attrs["benchmark"] = json.dumps(results[name])
+            saved.to_netcdf(out / f"forward_{name}.nc")
     venv = os.environ.get("IGM_VENV")
     if venv:
         work = Path(args.out) / "igm_work"
@@ -121,10 +192,8 @@ def main():
                 results[name].update(compare(ds, datasets["solver"]))
     machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version())
     meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine,
-                command="python scripts/bench_forward.py " + " ".join(args.providers and ["--providers", *args.providers]),
+                command="python scripts/bench_forward.py " + " ".join(sys.argv[1:]),
                 repeats=args.repeats, results=results)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "forward.json").write_text(json.dumps(meta, indent=2))
     lines = ["# Forward runs: IGM side-by-side case (100 x 100 at 100 m, 50 years, ELA SMB)", "",
              f"{meta['date']}, {machine['platform']}, {machine['cpu_count']} CPUs; wall time of the "
@@ -135,6 +204,16 @@ def main():
         rel = " / ".join(f"{r[f'relL2_speed_{int(y)}']:.3f}" for y in CHECK_YEARS) if f"relL2_speed_{int(CHECK_YEARS[0])}" in r else "reference" if name == "solver" else "-"
         rms = f"{r['thickness_rms_diff_m_2050']:.2f}" if "thickness_rms_diff_m_2050" in r else "-"
         lines.append(f"| {name} | {r['wall_s']:.1f} | {r.get('steps') or '-'} | {rel} | {rms} | {r['volume_2050_km3']:.3f} |")
+    for name, r in results.items():
+        if "iterations_median" in r:
+            lines += ["", f"{name}: L-BFGS warm-started each step, at most {args.solver_iterations} "
+                      f"iterations ({r['steps_converged']} of {r['velocity_solves']} velocity solves "
+                      f"met the 1e-9 tolerance within them; median {r['iterations_median']:.0f}); "
+                      "|ubar| at the end vs a converged solve of the final geometry: relL2 "
+                      f"{r['relL2_speed_end_vs_converged_solve']:.4f}."]
+        if "from_earlier_run" in r:
+            lines += ["", f"{name}: loaded from {r['from_earlier_run']} (an earlier run of this "
+                      "script on this machine; its wall time is that run's)."]
     (out / "forward.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -184,6 +184,28 @@ def test_levels_model_returns_3d_velocity(tiny_levels):
     np.testing.assert_allclose(v.ubar, np.tensordot(w, v.u, axes=(0, 0)))
 
 
+def test_depth_averaged_contraction_matches_the_3d_model(tiny_levels, tmp_path):
+    """The contracted 2-channel model gives the depth average of the 3-D one (random weights,
+    so nothing is special about the answer), survives a save/load round trip, and a
+    depth-averaged model cannot be contracted again."""
+    g = glacier(n=21, ny=19, slope=0.15)
+    full = tiny_levels.predict_geometry(g)
+    flat = tiny_levels.depth_averaged(name="tiny-ubar", description="contracted")
+    assert not flat.has_levels and flat.name == "tiny-ubar" and flat.model.out_channels == 2
+    assert flat.model.count_params() < tiny_levels.model.count_params()
+    v = flat.predict_geometry(g)
+    assert v.u is None
+    scale = np.max(np.abs(full.ubar)) + np.max(np.abs(full.vbar))
+    assert scale > 0
+    np.testing.assert_allclose(v.ubar, full.ubar, atol=1e-5 * scale)
+    np.testing.assert_allclose(v.vbar, full.vbar, atol=1e-5 * scale)
+    flat.save(tmp_path / "ubar.keras")
+    again = Emulator.load(tmp_path / "ubar.keras")
+    np.testing.assert_array_equal(again.predict_geometry(g).ubar, v.ubar)
+    with pytest.raises(ValueError, match="already depth-averaged"):
+        flat.depth_averaged()
+
+
 def test_zero_thickness_gives_zero_velocity(tiny, tiny_levels):
     g = glacier(n=20)
     assert np.any(g.thickness == 0)

@@ -368,6 +368,29 @@ def test_mirrored_strategy_on_two_cpu_devices(dataset, tmp_path):
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4)
 
 
+def test_init_from_continues_from_the_given_weights(dataset, tmp_path):
+    """Fine-tuning: a run started from a trained model validates, at its step 0, exactly as that
+    model did at its end (same architecture and weights), and an architecture conflict or a
+    missing file is refused."""
+    first = tmp_path / "first.keras"
+    r1 = train([dataset / "train"], first, tiny_config(), validation=[dataset / "validation"])
+    config = tiny_config(steps=10, init_from=str(first), model={})
+    r2 = train([dataset / "train"], tmp_path / "tuned.keras", config,
+               validation=[dataset / "validation"])
+    assert r2["validation"][0]["step"] == 0
+    assert r2["validation"][0]["val_rel_l2"] == pytest.approx(
+        r1["validation"][-1]["val_rel_l2"], rel=1e-5)
+    assert r2["validation"][0]["val_rel_l2"] < 0.9  # not a fresh network (1.0)
+    with pytest.raises(InputError, match="model.filters"):
+        train([dataset / "train"], tmp_path / "bad.keras",
+              tiny_config(steps=2, init_from=str(first), model={"filters": 999}),
+              validation=[dataset / "validation"])
+    with pytest.raises(InputError, match="init_from: .*missing.keras"):
+        train([dataset / "train"], tmp_path / "bad2.keras",
+              tiny_config(steps=2, init_from=str(tmp_path / "missing.keras")),
+              validation=[dataset / "validation"])
+
+
 def test_early_stopping_keeps_the_best_weights(dataset, tmp_path):
     config = tiny_config(steps=40, validate_every=2, learning_rate=1e-9,
                          early_stopping_patience=2, early_stopping_min_delta=1e-3)

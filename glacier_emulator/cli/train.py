@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, metavar="B", help="global batch size")
     p.add_argument("--learning-rate", type=float, metavar="LR", help="peak learning rate")
     p.add_argument("--seed", type=int, help="seed of the weights, the split and the data stream")
+    p.add_argument("--init-from", metavar="MODEL.keras",
+                   help="start from this model's architecture and weights (fine-tuning, e.g. a "
+                        "shipped model on your own data)")
     p.add_argument("--validation", nargs="+", metavar="DATA",
                    help="validate on these files/folders instead of holding out a fraction of DATA")
     p.add_argument("--resume", action="store_true",
@@ -45,7 +48,8 @@ def run(args) -> int:
     from ..learning.train import TrainConfig, train
 
     overrides = {"mode": args.mode, "steps": args.steps, "batch_size": args.batch_size,
-                 "learning_rate": args.learning_rate, "seed": args.seed}
+                 "learning_rate": args.learning_rate, "seed": args.seed,
+                 "init_from": args.init_from}
     if args.config:
         config = TrainConfig.from_yaml(args.config, **overrides)
     else:

@@ -118,13 +118,17 @@ class SolverProvider:
         vertical: the terrain-following levels.
         config: a :class:`~glacier_emulator.numerics.solver.SolverConfig` (default settings if
             None).
+        reuse_memory: start each solve with the L-BFGS curvature pairs of the previous one
+            (besides its velocity).
     """
 
     name = "solver"
 
     def __init__(self, physics: Physics = DEFAULT_PHYSICS,
-                 vertical: VerticalDiscretisation = DEFAULT_VERTICAL, config=None):
+                 vertical: VerticalDiscretisation = DEFAULT_VERTICAL, config=None,
+                 reuse_memory: bool = True):
         self.physics = physics
+        self.reuse_memory = reuse_memory
         self.vertical = vertical
         self.config = config
         self.last_result = None
@@ -134,10 +138,12 @@ class SolverProvider:
 
         config = self.config if self.config is not None else SolverConfig()
         initial = None if self.last_result is None else self.last_result.velocity
+        memory = None if self.last_result is None else self.last_result.memory
         if initial is not None and initial.ubar.shape != geometry.shape:
-            initial = None
+            initial = memory = None
         self.last_result = solve(
-            geometry, physics=self.physics, vertical=self.vertical, config=config, initial=initial
+            geometry, physics=self.physics, vertical=self.vertical, config=config, initial=initial,
+            memory=memory if self.reuse_memory else None,
         )
         return self.last_result.velocity
 

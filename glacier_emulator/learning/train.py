@@ -67,7 +67,7 @@ LOG_COLUMNS = (
 MONITORS = ("auto", "val_loss", "val_rel_l2", "val_physics", "val_energy_gap")
 # settings that must not change when a run is resumed
 _RESUME_FIXED = ("mode", "batch_size", "crop_size", "mirror", "rotate", "validation_fraction",
-                 "seed", "model", "output_init_scale", "physics", "vertical", "loss",
+                 "seed", "model", "init_from", "output_init_scale", "physics", "vertical", "loss",
                  "learning_rate", "schedule",
                  "warmup_steps", "decay_rate", "decay_steps", "final_learning_rate_fraction")
 
@@ -112,6 +112,10 @@ class TrainConfig:
             seed in three ended on a spatially uniform velocity).
         model: constructor arguments of :class:`~glacier_emulator.models.GlacierUNet`;
             ``velocity_scale: auto`` sets it to the RMS speed of the labels.
+        init_from: a ``.keras`` model (e.g. a shipped one, or an earlier run) to start from:
+            fine-tuning. Its architecture and weights are used (``model`` may then only repeat
+            its settings; ``output_init_scale`` is ignored); a relative path is taken from the
+            working directory.
         physics: :class:`~glacier_emulator.constants.Physics` constants (default: those the
             labels were computed with, as the files record, else the package defaults).
         vertical: :class:`~glacier_emulator.constants.VerticalDiscretisation` of the levels
@@ -145,6 +149,7 @@ class TrainConfig:
     jit_energy: bool = False
     output_init_scale: float = 0.1
     model: Dict[str, Any] = field(default_factory=dict)
+    init_from: Optional[str] = None
     physics: Dict[str, Any] = field(default_factory=dict)
     vertical: Dict[str, Any] = field(default_factory=dict)
     loss: Dict[str, Any] = field(default_factory=dict)
@@ -321,7 +326,31 @@ def _resolve_vertical(config: TrainConfig, data: TrainingData, out_channels: int
     return vertical
 
 
-def _architecture(config: TrainConfig, data: TrainingData) -> dict:
+def _initial_model(config: TrainConfig):
+    """The model ``init_from`` names (None without one), loaded in safe mode."""
+    if not config.init_from:
+        return None
+    import keras
+
+    from ..models import unet as _registered  # noqa: F401  (registers the layers)
+
+    path = Path(config.init_from)
+    if path.suffix != ".keras" or not path.is_file():
+        raise InputError(f"init_from: {path}: no such .keras model file")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # a broken or foreign file
+        raise InputError(f"init_from: {path}: cannot load the model ({exc})") from None
+
+
+def _architecture(config: TrainConfig, data: TrainingData, initial=None) -> dict:
+    if initial is not None:
+        arch = {k: v for k, v in initial.get_config().items() if k not in ("name", "trainable")}
+        for key, value in config.model.items():
+            if key in arch and value != "auto" and value != arch[key]:
+                raise InputError(f"model.{key} = {value!r} differs from init_from "
+                                 f"{config.init_from} ({arch[key]!r}); remove it from the config")
+        return arch
     arch = dict(config.model)
     if arch.get("velocity_scale") == "auto":
         if not data.layout.has_labels:
@@ -525,7 +554,8 @@ def train(
     if explicit_physics is not None:
         check_physics(data, explicit_physics)
     physics = explicit_physics or data.physics or DEFAULT_PHYSICS
-    arch = _architecture(config, data)
+    initial = _initial_model(config)
+    arch = _architecture(config, data, initial)
     out_channels = int(arch.get("out_channels", 2))
     in_channels = int(arch.get("in_channels", 4))
     vertical = _resolve_vertical(config, data, out_channels)
@@ -588,7 +618,11 @@ def train(
     schedule = make_schedule(config)
     with strategy.scope():
         model = GlacierUNet(**arch)
-        if config.output_init_scale != 1.0:
+        if initial is not None:
+            model(np.zeros((1, 16, 16, int(arch["in_channels"])), np.float32))
+            model.set_weights(initial.get_weights())
+            say(f"starting from the weights of {config.init_from}")
+        elif config.output_init_scale != 1.0:
             head = model.get_layer("velocity_head")
             head.kernel.assign(head.kernel * config.output_init_scale)
         optimizer = keras.optimizers.Adam(learning_rate=schedule)

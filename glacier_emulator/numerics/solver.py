@@ -78,6 +78,9 @@ class SolveResult:
     wall_time: float
     tolerance: float
     report: dict = field(default_factory=dict)
+    memory: Optional[tuple] = field(default=None, repr=False, compare=False)
+    """The optimiser's final curvature pairs (pass as ``solve(..., memory=...)`` to a later solve
+    of a nearby problem on the same grid, e.g. the next time step)."""
 
     def summary(self) -> str:
         state = "converged" if self.converged else "NOT converged"
@@ -115,6 +118,7 @@ class _Minimum:
     nfev: int
     success: bool
     message: str
+    pairs: list = field(default_factory=list)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -124,21 +128,24 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def lbfgs(fun, x0: np.ndarray, *, ftol: float, gtol: float, max_iterations: int, history: int,
-          callback=None) -> _Minimum:
+          callback=None, pairs=None) -> _Minimum:
     """Minimise ``fun`` (returning value and gradient) by L-BFGS with a backtracking line search.
 
     The two-loop recursion costs O(history * n) per iteration (SciPy's L-BFGS-B, built for
     bounds, spent two thirds of a solve in its own bookkeeping). The step satisfies the Armijo
     condition; curvature pairs with s.y <= 0 are skipped. Stops when the relative decrease
     (f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ``ftol`` (SciPy's rule) or max|g| <= ``gtol``.
+
+    ``pairs``: curvature pairs (s, y, 1/s.y) of an earlier minimisation of a nearby function (the
+    previous time step's solve) to start from; the result carries the final pairs.
     """
     x = np.asarray(x0, dtype=np.float64).copy()
     f, g = fun(x)
     nfev = 1
-    pairs = []  # (s, y, 1 / s.y)
+    pairs = list(pairs or [])[-history:]  # (s, y, 1 / s.y)
     for k in range(1, max_iterations + 1):
         if np.max(np.abs(g)) <= gtol:
-            return _Minimum(x, k - 1, nfev, True, "gradient below tolerance")
+            return _Minimum(x, k - 1, nfev, True, "gradient below tolerance", pairs)
         # two-loop recursion: d = -H g
         q = -g
         alphas = []
@@ -172,7 +179,7 @@ def lbfgs(fun, x0: np.ndarray, *, ftol: float, gtol: float, max_iterations: int,
             t_q = -gd * t * t / denom if np.isfinite(f_new) and denom > 0 else 0.5 * t
             t = float(np.clip(t_q, 0.1 * t, 0.5 * t))
         else:
-            return _Minimum(x, k, nfev, False, "line search failed")
+            return _Minimum(x, k, nfev, False, "line search failed", pairs)
         s_vec = x_new - x
         y_vec = g_new - g
         sy = _dot(s_vec, y_vec)
@@ -185,8 +192,8 @@ def lbfgs(fun, x0: np.ndarray, *, ftol: float, gtol: float, max_iterations: int,
         if callback is not None:
             callback(k)
         if decrease <= ftol:
-            return _Minimum(x, k, nfev, True, "relative energy change below tolerance")
-    return _Minimum(x, max_iterations, nfev, False, "iteration limit reached")
+            return _Minimum(x, k, nfev, True, "relative energy change below tolerance", pairs)
+    return _Minimum(x, max_iterations, nfev, False, "iteration limit reached", pairs)
 
 
 def coarsen(geometry: Geometry) -> Geometry:
@@ -283,6 +290,7 @@ def solve(
     config: SolverConfig = SolverConfig(),
     initial: Optional[Velocity] = None,
     callback=None,
+    memory: Optional[tuple] = None,
 ) -> SolveResult:
     """Solve the Blatter-Pattyn equations for ``geometry`` by energy minimisation.
 
@@ -294,6 +302,10 @@ def solve(
         initial: warm start (a 3-D velocity on the same levels, or a depth-averaged one that is
             copied to every level).
         callback: called with the iteration number after each iteration.
+        memory: ``SolveResult.memory`` of an earlier solve of a nearby problem on the same grid
+            and levels (used with ``initial``): L-BFGS starts with its curvature pairs instead
+            of a steepest-descent step of unknown scale. Measured on the 100 x 100 example
+            glacier stepped forward in time: see ``SolverProvider``.
 
     Returns:
         A :class:`SolveResult` with the 3-D velocity and the convergence report.
@@ -376,9 +388,12 @@ def solve(
     else:
         x0 = np.zeros(2 * nz * ny * nx)
 
+    pairs = None
+    if memory is not None and initial is not None and memory[0] == x0.shape:
+        pairs = memory[1]
     res = lbfgs(fun, x0, ftol=config.tolerance, gtol=config.gradient_tolerance,
                 max_iterations=int(config.max_iterations), history=int(config.history),
-                callback=callback)
+                callback=callback, pairs=pairs)
     e, g = fun(res.x)
     gnorm = float(np.max(np.abs(g)))
     u, v = to_levels(res.x)
@@ -389,7 +404,7 @@ def solve(
     return SolveResult(
         velocity=vel, converged=converged, iterations=int(res.nit), evaluations=int(res.nfev),
         energy=e * escale, gradient_norm=gnorm, message=message,
-        wall_time=time.perf_counter() - t0, tolerance=config.tolerance,
+        wall_time=time.perf_counter() - t0, tolerance=config.tolerance, memory=(x0.shape, res.pairs),
         report=dict(velocity_scale=uscale, energy_scale=escale, unknowns=2 * nfree,
                     coarse=coarse_report),
     )
