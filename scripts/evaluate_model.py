@@ -88,6 +88,7 @@ def main():
     parser.add_argument("--test", nargs="+", required=True, help="labelled NetCDF files or folders")
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N files")
     parser.add_argument("--card", help="write the model card (markdown) here")
+    parser.add_argument("--notes", help="a markdown file appended to the card (recipe, targets, caveats)")
     parser.add_argument("--no-update", action="store_true", help="do not write the accuracy into the JSON")
     args = parser.parse_args()
 
@@ -107,6 +108,7 @@ def main():
         per_kind={k: dict(rel_l2_ubar=summarise(v, "rel_l2_ubar"), rel_l2_surface=summarise(v, "rel_l2_surface"))
                   for k, v in sorted(by_kind.items())},
         inference_s_median=float(np.median([r["inference_s"] for r in rows])) if rows else None,
+        per_file=[{k: v for k, v in r.items() if k != "inference_s"} for r in rows],
         machine=dict(platform=platform.platform(), cpu_count=os.cpu_count()),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
@@ -127,7 +129,10 @@ def main():
         grid = md.get("grid_spacing", {})
         lines += ["", f"Outputs: {out.get('kind')} ({len(out.get('names', []))} channels), "
                   f"{out.get('units')}; levels: {md.get('vertical')}.", "",
-                  f"Valid grid spacing: {grid.get('min')}-{grid.get('max')} m.", "",
+                  f"Valid grid spacing: {grid.get('min')}-{grid.get('max')} m. Valid input ranges (checked on "
+                  "every call; outside them the model refuses the input): "
+                  + ", ".join(f"{k} {v[0]:g} to {v[1]:g}" for k, v in (md.get("input_ranges") or {}).items())
+                  + ".", "",
                   f"Physics (the package defaults unless stated): {md.get('physics')}.", "",
                   "## Training", "", f"Recipe: `training/configs/{md['name']}.yaml` (see training/README.md).", "",
                   f"Data: {json.dumps(md.get('training_data'))[:800]}", "",
@@ -149,6 +154,8 @@ def main():
                   f"p90 {gap['p90']:.4f}." if gap else "",
                   f"Inference: median {accuracy['inference_s_median'] * 1000:.1f} ms per glacier "
                   f"({rows[0]['grid'][0]}x{rows[0]['grid'][1]}, CPU)." if rows else "", ""]
+        if args.notes:
+            lines += [Path(args.notes).read_text()]
         Path(args.card).write_text("\n".join(lines) + "\n")
 
 

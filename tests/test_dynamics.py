@@ -345,3 +345,25 @@ def test_solver_provider_warm_starts_on_a_tiny_glacier():
     assert s.n_steps >= 2 and provider.last_result is not None
     assert abs(s.budget_residual) <= 1e-9 * max(s.initial_volume, 1.0)
     assert math.isfinite(s.volume)
+
+
+def test_solver_memory_warm_start_reaches_the_same_solution():
+    """A solve started from an earlier solve's velocity and L-BFGS curvature pairs
+    (SolveResult.memory, what SolverProvider passes between time steps) converges to the same
+    velocity as a solve from rest; memory from another grid is ignored."""
+    from glacier_emulator.numerics.solver import SolverConfig, solve
+
+    g = example_geometry(nx=24, ny=20, dx=400.0)
+    first = solve(g)
+    assert first.converged and first.memory is not None
+    shape, pairs = first.memory
+    assert 0 < len(pairs) <= SolverConfig().history and pairs[0][0].shape == (int(np.prod(shape)),)
+    changed = Geometry(thickness=g.thickness * 1.01 + 0.5 * (g.thickness > 0), bed=g.bed, dx=g.dx)
+    tight = SolverConfig(tolerance=1e-12, max_iterations=3000)
+    cold = solve(changed, config=tight)
+    warm = solve(changed, initial=first.velocity, memory=first.memory, config=tight)
+    assert warm.converged and cold.converged
+    assert relative_l2(warm.velocity.ubar, cold.velocity.ubar) < 2e-3
+    small = example_geometry(nx=12, ny=10, dx=800.0)
+    other = solve(small, initial=solve(small).velocity, memory=first.memory)  # wrong size: ignored
+    assert other.converged

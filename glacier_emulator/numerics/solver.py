@@ -304,8 +304,10 @@ def solve(
         callback: called with the iteration number after each iteration.
         memory: ``SolveResult.memory`` of an earlier solve of a nearby problem on the same grid
             and levels (used with ``initial``): L-BFGS starts with its curvature pairs instead
-            of a steepest-descent step of unknown scale. Measured on the 100 x 100 example
-            glacier stepped forward in time: see ``SolverProvider``.
+            of a steepest-descent step of unknown scale. Measured: on the 100 x 100 example
+            glacier stepped forward 5 time steps with 30 iterations each, relative error 0.033
+            against a tight solve with the pairs and 0.079 without; on a 24 x 20 glacier whose
+            thickness was scaled by 1.003, no gain (0.003-0.014 either way, 4-32 iterations).
 
     Returns:
         A :class:`SolveResult` with the 3-D velocity and the convergence report.
