@@ -189,3 +189,26 @@ def test_keras_file_round_trip_in_safe_mode(tiny, tmp_path):
 def test_input_normalization_is_not_trainable(tiny):
     names = [w.path for w in tiny.trainable_weights]
     assert all("conv" in n or "velocity_head" in n for n in names)
+
+
+def test_log_inputs_normalise_the_logarithm(tmp_path):
+    """A sliding coefficient seen as a logarithm: two glaciers whose c differ by a constant
+    factor differ, after normalisation, by a constant log(factor) / scale; the option survives a
+    safe-mode file round trip, and unknown names are refused."""
+    layer = InputNormalization(scale=[500.0, 0.1, 0.1, 2.0], offset=[0.0, 0.0, 0.0, -1.0],
+                               log_channels=[3])
+    x = np.array([[[[250.0, 0.05, 0.0, 0.01]], [[250.0, 0.05, 0.0, 1.0]]]], "float32")
+    out = layer(x).numpy().reshape(2, 4)
+    np.testing.assert_allclose(out[:, 3], [(np.log(0.01) + 1.0) / 2.0, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(out[:, 0], [0.5, 0.5])
+    model = build_unet(filters=8, depth=2, log_inputs=["sliding_coefficient"],
+                       input_offset=[0, 0, 0, -3.0], input_scale=[500, 0.1, 0.1, 1.5])
+    assert model.get_config()["log_inputs"] == ["sliding_coefficient"]
+    path = tmp_path / "log.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
+    xs = random_inputs()
+    xs[..., 3] = np.abs(xs[..., 3]) + 1e-3
+    np.testing.assert_array_equal(loaded(xs).numpy(), model(xs).numpy())
+    with pytest.raises(ValueError, match="log_inputs"):
+        build_unet(filters=8, depth=2, log_inputs=["bed"])

@@ -158,9 +158,15 @@ class CropTo(keras.layers.Layer):
 class InputNormalization(keras.layers.Layer):
     """Per-channel ``(x - offset) / scale`` with fixed constants (stored in the config, not trained).
 
+    Channels listed in ``log_channels`` are first replaced by their natural logarithm (of at
+    least ``log_floor``): for inputs spanning orders of magnitude, such as the sliding
+    coefficient; their ``offset`` and ``scale`` then apply to the logarithm.
+
     Args:
         scale: one positive number per channel, in the channel's units.
         offset: one number per channel (default zeros).
+        log_channels: indices of the channels to take the logarithm of (default none).
+        log_floor: the smallest value whose logarithm is taken.
 
     Example:
         >>> layer = InputNormalization(scale=[500.0, 0.1], offset=[0.0, 0.0])
@@ -168,7 +174,8 @@ class InputNormalization(keras.layers.Layer):
         [0.5, 0.5]
     """
 
-    def __init__(self, scale: Sequence[float], offset: Sequence[float] | None = None, **kwargs):
+    def __init__(self, scale: Sequence[float], offset: Sequence[float] | None = None,
+                 log_channels: Sequence[int] = (), log_floor: float = 1e-6, **kwargs):
         super().__init__(**kwargs)
         scale = _as_float_tuple(scale, "scale")
         offset = tuple(0.0 for _ in scale) if offset is None else _as_float_tuple(offset, "offset")
@@ -180,6 +187,13 @@ class InputNormalization(keras.layers.Layer):
             )
         self.scale = scale
         self.offset = offset
+        self.log_channels = tuple(sorted({int(c) for c in log_channels}))
+        if any(not 0 <= c < len(scale) for c in self.log_channels):
+            raise ValueError(f"`log_channels` must index the {len(scale)} channels. "
+                             f"Received: log_channels={tuple(log_channels)!r}")
+        if not float(log_floor) > 0:
+            raise ValueError(f"`log_floor` must be > 0. Received: log_floor={log_floor!r}")
+        self.log_floor = float(log_floor)
 
     def build(self, input_shape):
         if input_shape[-1] is not None and input_shape[-1] != len(self.scale):
@@ -192,6 +206,10 @@ class InputNormalization(keras.layers.Layer):
     def call(self, inputs):
         offset = tf.constant(self.offset, dtype=inputs.dtype)
         inverse_scale = tf.constant([1.0 / s for s in self.scale], dtype=inputs.dtype)
+        if self.log_channels:
+            is_log = tf.constant([i in self.log_channels for i in range(len(self.scale))])
+            logs = tf.math.log(tf.maximum(inputs, tf.constant(self.log_floor, inputs.dtype)))
+            inputs = tf.where(is_log, logs, inputs)
         return (inputs - offset) * inverse_scale
 
     def compute_output_shape(self, input_shape):
@@ -200,6 +218,8 @@ class InputNormalization(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"scale": list(self.scale), "offset": list(self.offset)})
+        if self.log_channels:  # absent for linear-only layers: older model files stay identical
+            config.update({"log_channels": list(self.log_channels), "log_floor": self.log_floor})
         return config
 
 

@@ -121,6 +121,9 @@ class GlacierUNet(keras.Model):
         input_offset: per-channel offset of the inputs (default zeros).
         velocity_scale: the network's output is multiplied by this (m/yr).
         padding_mode: ``"symmetric"`` or ``"reflect"`` extension of the grid before the U-Net.
+        log_inputs: names of inputs the network sees as logarithms (then ``input_offset`` and
+            ``input_scale`` apply to the logarithm), e.g. ``["sliding_coefficient"]``, which
+            spans orders of magnitude and enters the sliding speed as c^(-1/m).
         **kwargs: passed to :class:`keras.Model` (``name``, ``dtype``, ...).
 
     Example:
@@ -146,6 +149,7 @@ class GlacierUNet(keras.Model):
         input_offset: Optional[Sequence[float]] = None,
         velocity_scale: float = 100.0,
         padding_mode: str = "symmetric",
+        log_inputs: Sequence[str] = (),
         **kwargs,
     ):
         names = input_names(in_channels)
@@ -187,7 +191,12 @@ class GlacierUNet(keras.Model):
         half = out_channels // 2
         x = MirrorStack(mode=symmetrise, odd_x=[1], odd_y=[2], name="mirror_stack")(inputs)
         stacked = x
-        x = InputNormalization(scale=scale, offset=offset, name="input_normalization")(x)
+        log_inputs = tuple(log_inputs or ())
+        unknown = [n for n in log_inputs if n not in names]
+        if unknown:
+            raise ValueError(f"`log_inputs` must name input channels {names}. Received: {list(log_inputs)!r}")
+        x = InputNormalization(scale=scale, offset=offset, name="input_normalization",
+                               log_channels=[names.index(n) for n in log_inputs])(x)
         x = PadToMultiple(2**depth, mode=padding_mode, name="pad")(x)
 
         def conv(y, width, name):
@@ -232,6 +241,7 @@ class GlacierUNet(keras.Model):
         self.input_offset = [float(o) for o in offset]
         self.velocity_scale = float(velocity_scale)
         self.padding_mode = padding_mode
+        self.log_inputs = log_inputs
 
     @property
     def input_channel_names(self) -> tuple:
@@ -259,6 +269,7 @@ class GlacierUNet(keras.Model):
             "input_offset": list(self.input_offset),
             "velocity_scale": self.velocity_scale,
             "padding_mode": self.padding_mode,
+            **({"log_inputs": list(self.log_inputs)} if self.log_inputs else {}),
         }
 
     @classmethod
