@@ -82,6 +82,21 @@ def summarise(rows, key):
     return dict(median=float(np.median(values)), p90=float(np.percentile(values, 90)), n=len(values))
 
 
+def _training_summary(md) -> str:
+    td = dict(md.get("training_data") or {})
+    cfg = dict(td.get("config") or {})
+    source = td.get("derived_from")
+    recipe = (f"derived from {source}; recipe of the source: `training/configs/{cfg.get('name', '?')}.yaml`"
+              if source else f"recipe: `training/configs/{md['name']}.yaml`")
+    parts = [f"{recipe} (commands in training/README.md)."]
+    if "count" in td:
+        parts.append(f"{td.get('mode')} training on {td['count']} files ({td.get('labels')} labels), "
+                     f"{td.get('validation_count', '?')} validation files, {td.get('steps')} steps of batch "
+                     f"{cfg.get('batch_size')} on {cfg.get('crop_size')}-node crops"
+                     + (f", starting from `{cfg['init_from']}`" if cfg.get("init_from") else "") + ".")
+    return " ".join(parts)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model")
@@ -129,13 +144,13 @@ def main():
         grid = md.get("grid_spacing", {})
         lines += ["", f"Outputs: {out.get('kind')} ({len(out.get('names', []))} channels), "
                   f"{out.get('units')}; levels: {md.get('vertical')}.", "",
-                  f"Valid grid spacing: {grid.get('min')}-{grid.get('max')} m. Valid input ranges (checked on "
-                  "every call; outside them the model refuses the input): "
-                  + ", ".join(f"{k} {v[0]:g} to {v[1]:g}" for k, v in (md.get("input_ranges") or {}).items())
+                  f"Valid grid spacing (that of the training data): {grid.get('min'):.0f}-{grid.get('max'):.0f} m. "
+                  "Inputs outside these plausibility ranges are refused on every call: "
+                  + ", ".join(f"{k} {v['min']:g} to {v['max']:g} {v.get('units', '')}".rstrip()
+                              for k, v in (md.get("input_ranges") or {}).items())
                   + ".", "",
                   f"Physics (the package defaults unless stated): {md.get('physics')}.", "",
-                  "## Training", "", f"Recipe: `training/configs/{md['name']}.yaml` (see training/README.md).", "",
-                  f"Data: {json.dumps(md.get('training_data'))[:800]}", "",
+                  "## Training", "", _training_summary(md), "",
                   "## Held-out accuracy (against the converged reference solver)", "",
                   f"{len(rows)} glaciers never used for training or model selection "
                   f"({', '.join(args.test)}, first {args.skip} files left out); measured {accuracy['date']} "

@@ -32,8 +32,10 @@ def test_wheel_has_example_glacier_and_cli(wheel):
 
 def test_wheel_has_every_shipped_model(wheel):
     shipped = sorted(p.name for p in (ROOT / "pretrained").glob("*.keras"))
+    assert len(shipped) >= 2, shipped  # a depth-averaged and a 3-D model (tests/test_pretrained.py)
     for name in shipped:
         assert f"glacier_emulator/pretrained/{name}" in wheel
         assert f"glacier_emulator/pretrained/{Path(name).with_suffix('.json')}" in wheel
+        assert f"glacier_emulator/pretrained/{Path(name).with_suffix('.md')}" in wheel
         size = wheel[f"glacier_emulator/pretrained/{name}"]
         assert 0 < size <= 50 * 2**20, (name, size)

@@ -24,7 +24,7 @@ NAMES = [m["name"] for m in MODELS]
 
 def test_two_models_ship_and_one_is_the_default():
     assert len(MODELS) >= 2, NAMES
-    kinds = {m["outputs"] for m in MODELS}
+    kinds = {m["outputs"]["kind"] for m in MODELS}
     assert kinds == {"depth_averaged", "levels"}, kinds
     defaults = [m["name"] for m in MODELS if m.get("default")]
     assert len(defaults) == 1, defaults

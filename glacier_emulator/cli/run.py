@@ -168,6 +168,12 @@ def resolve_smb(config, geometry, *, note):
     return None
 
 
+def _accuracy_note(emulator) -> str:
+    held = (emulator.metadata.accuracy or {}).get("held_out") or {}
+    err = (held.get("rel_l2_ubar") or {}).get("median")
+    return f" (held-out relative error of ubar {err:.2f}, median)" if err is not None else ""
+
+
 def resolve_provider(config, physics, args, *, note):
     """The velocity provider; the default is the emulator, falling back to the SIA."""
     from ..constants import VerticalDiscretisation
@@ -177,7 +183,7 @@ def resolve_provider(config, physics, args, *, note):
     if name is None and args.model:
         name = "emulator"  # asking for a model means the emulator
     if name is None:
-        # Temporary fallback until a pretrained model ships.
+        # the shipped default emulator; an installation without a usable one falls back to the SIA
         try:
             from ..emulator import Emulator
 
@@ -186,6 +192,8 @@ def resolve_provider(config, physics, args, *, note):
             note("no pretrained emulator available; using the shallow-ice approximation "
                  "(--velocity sia) for the velocity")
             return SIAProvider(physics)
+        note(f"velocity: the pretrained emulator {emulator.name}{_accuracy_note(emulator)}; "
+             "--velocity solver for the reference solver")
         return EmulatorProvider(emulator)
     if name == "emulator":
         from .predict import resolve_model
