@@ -33,6 +33,7 @@ def evaluate(model_path, files):
     from glacier_emulator.emulator import Emulator
     from glacier_emulator.io import read_geometry
     from glacier_emulator.physics.energy import blatter_pattyn_energy
+    from glacier_emulator.physics.sia import sia_velocity
 
     emulator = Emulator.load(model_path)
     phys, vert = emulator.metadata.physics, emulator.metadata.vertical
@@ -59,6 +60,9 @@ def evaluate(model_path, files):
         row = dict(file=Path(path).name, kind=kind, dx=geometry.dx, grid=list(geometry.shape),
                    rel_l2_ubar=float(np.linalg.norm(est - ref) / max(np.linalg.norm(ref), 1e-12)),
                    max_speed=float(np.max(np.hypot(ubar, vbar))), inference_s=statistics.median(times))
+        sia = sia_velocity(geometry, physics=phys)  # the cheap local baseline, same glacier
+        est_sia = np.stack([sia.ubar[ice], sia.vbar[ice]])
+        row["rel_l2_ubar_sia"] = float(np.linalg.norm(est_sia - ref) / max(np.linalg.norm(ref), 1e-12))
         if levels and vel.u is not None and vel.u.shape == uvel.shape:
             rs = np.stack([uvel[-1][ice], vvel[-1][ice]])
             es = np.stack([vel.u[-1][ice], vel.v[-1][ice]])
@@ -103,6 +107,8 @@ def main():
     parser.add_argument("--test", nargs="+", required=True, help="labelled NetCDF files or folders")
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N files")
     parser.add_argument("--card", help="write the model card (markdown) here")
+    parser.add_argument("--extra-test", nargs="*", default=[], metavar="NAME=DIR",
+                        help="further held-out sets, reported separately under their name")
     parser.add_argument("--notes", help="a markdown file appended to the card (recipe, targets, caveats)")
     parser.add_argument("--no-update", action="store_true", help="do not write the accuracy into the JSON")
     args = parser.parse_args()
@@ -119,14 +125,24 @@ def main():
     accuracy = dict(
         test_files=len(rows), test_set=[str(t) for t in args.test], skipped_first=args.skip,
         rel_l2_ubar=summarise(rows, "rel_l2_ubar"), rel_l2_surface=summarise(rows, "rel_l2_surface"),
-        energy_gap=summarise(rows, "energy_gap"),
+        energy_gap=summarise(rows, "energy_gap"), rel_l2_ubar_sia=summarise(rows, "rel_l2_ubar_sia"),
         per_kind={k: dict(rel_l2_ubar=summarise(v, "rel_l2_ubar"), rel_l2_surface=summarise(v, "rel_l2_surface"))
                   for k, v in sorted(by_kind.items())},
         inference_s_median=float(np.median([r["inference_s"] for r in rows])) if rows else None,
         per_file=[{k: v for k, v in r.items() if k != "inference_s"} for r in rows],
+        extra={},
         machine=dict(platform=platform.platform(), cpu_count=os.cpu_count()),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+    extra_rows = {}
+    for item in args.extra_test:
+        name, _, folder = item.partition("=")
+        _, extra_rows[name] = evaluate(args.model, sorted(Path(folder).glob("*.nc")))
+        group = extra_rows[name]
+        accuracy["extra"][name] = dict(
+            test_set=folder, test_files=len(group), rel_l2_ubar=summarise(group, "rel_l2_ubar"),
+            rel_l2_surface=summarise(group, "rel_l2_surface"), energy_gap=summarise(group, "energy_gap"),
+            rel_l2_ubar_sia=summarise(group, "rel_l2_ubar_sia"))
     print(json.dumps(accuracy, indent=2))
     json_path = Path(args.model).with_suffix(".json")
     if not args.no_update and json_path.is_file():
@@ -155,15 +171,20 @@ def main():
                   f"{len(rows)} glaciers never used for training or model selection "
                   f"({', '.join(args.test)}, first {args.skip} files left out); measured {accuracy['date']} "
                   f"on {accuracy['machine']['platform']} ({accuracy['machine']['cpu_count']} CPUs).", "",
-                  "| glaciers | n | rel. L2 ubar median | p90 | rel. L2 surface median | p90 |",
-                  "|---|---|---|---|---|---|"]
+                  "| glaciers | n | rel. L2 ubar median | p90 | rel. L2 surface median | p90 | shallow-ice ubar median |",
+                  "|---|---|---|---|---|---|---|"]
 
         def fmt(s, k):
             return f"{s[k]:.3f}" if s else "-"
 
-        for name, group in [("all", rows)] + sorted(by_kind.items()):
+        for name, group in [("all", rows)] + sorted(by_kind.items()) + [
+                (f"{k} ({accuracy['extra'][k]['test_set']})", v) for k, v in extra_rows.items()]:
             a, b = summarise(group, "rel_l2_ubar"), summarise(group, "rel_l2_surface")
-            lines.append(f"| {name} | {len(group)} | {fmt(a, 'median')} | {fmt(a, 'p90')} | {fmt(b, 'median')} | {fmt(b, 'p90')} |")
+            c = summarise(group, "rel_l2_ubar_sia")
+            lines.append(f"| {name} | {len(group)} | {fmt(a, 'median')} | {fmt(a, 'p90')} | {fmt(b, 'median')} | "
+                         f"{fmt(b, 'p90')} | {fmt(c, 'median')} |")
+        lines += ["", "Last column: the shallow-ice approximation (`glacier_emulator.physics.sia`, local, with "
+                  "Weertman sliding) on the same glaciers, the cheap baseline an emulator has to beat."]
         gap = accuracy["energy_gap"]
         lines += ["", f"Energy gap (E_emulator - E_solver)/|E_solver|: median {gap['median']:.4f}, "
                   f"p90 {gap['p90']:.4f}." if gap else "",

@@ -58,3 +58,22 @@ def test_make_dataset_is_resumable(tmp_path):
         assert ds.attrs["seed"] == 3 and ds.attrs["sample_index"] == 2
         assert ds["uvel"].sizes["zeta"] == 3
         assert ds["ubar"].attrs["units"] == "m year-1"
+
+
+def test_default_physics_glaciers():
+    """``uniform_sliding`` gives every node the same coefficient without changing the geometry of
+    the seed's sample; a wider driving-stress range gives thicker ice on the same slopes."""
+    base = sample_geometry(3, seed=7, config=SyntheticConfig(grid=32))
+    uniform = sample_geometry(3, seed=7, config=SyntheticConfig(grid=32, uniform_sliding=0.0464,
+                                                                rate_factor_range=(78.0, 78.0)))
+    np.testing.assert_array_equal(uniform.thickness, base.thickness)
+    np.testing.assert_array_equal(uniform.bed, base.bed)
+    assert np.all(uniform.sliding_coefficient == 0.0464) and uniform.rate_factor == 78.0
+    assert np.ptp(base.sliding_coefficient) > 0
+    stiff = [sample_geometry(i, seed=7, config=SyntheticConfig(grid=32, kinds=("icecap",),
+                                                               driving_stress_range=(0.2, 0.25)))
+             for i in range(3)]
+    soft = [sample_geometry(i, seed=7, config=SyntheticConfig(grid=32, kinds=("icecap",),
+                                                              driving_stress_range=(0.04, 0.05)))
+            for i in range(3)]
+    assert all(a.thickness.max() > b.thickness.max() for a, b in zip(stiff, soft))

@@ -37,6 +37,11 @@ class SyntheticConfig:
             little sliding); within them c is set from a drawn typical basal speed.
         rate_factor_range: range of A, MPa^-3 yr^-1.
         kinds: which geometry kinds to draw from (uniformly).
+        driving_stress_range: range of the yield stress (MPa) that ties thickness to slope.
+        uniform_sliding: a constant sliding coefficient for every glacier instead of the random
+            field (e.g. the package default 0.0464: glaciers as a run without a ``slidingco``
+            field sees them). The random draws are made either way, so the geometries of a
+            seed do not depend on it.
     """
 
     grid: int = 64
@@ -46,6 +51,8 @@ class SyntheticConfig:
     sliding_range: tuple = (0.01, 3.0)
     rate_factor_range: tuple = (30.0, 120.0)
     kinds: Sequence[str] = KINDS
+    driving_stress_range: tuple = (0.04, 0.15)
+    uniform_sliding: Optional[float] = None
 
     def __post_init__(self):
         if self.grid < 8:
@@ -129,7 +136,7 @@ def _blur(field, sigma_cells: float):
 def random_geometry(rng: np.random.Generator, config: SyntheticConfig = SyntheticConfig(), kind=None) -> Geometry:
     """One random glacier geometry (see the module docstring for the kinds).
 
-    Thickness and slope are tied by a driving stress drawn from 0.04-0.15 MPa (a yield stress
+    Thickness and slope are tied by a driving stress drawn from 0.04-0.15 MPa by default (a yield stress
     ``tau``): trunks of valley glaciers have H ~ tau / (rho g alpha f) with a shape factor f, ice
     caps and lobes plastic profiles H = sqrt(2 tau d / (rho g)) at distance d from the margin.
     This keeps the geometries glaciological (speeds of metres to hundreds of metres per year).
@@ -141,7 +148,7 @@ def random_geometry(rng: np.random.Generator, config: SyntheticConfig = Syntheti
     x = np.arange(n) * dx
     X, Y = np.meshgrid(x, x)
     hmin, hmax_cap = config.max_thickness_range
-    tau = rng.uniform(0.04, 0.15)
+    tau = rng.uniform(*config.driving_stress_range)
     roughness = rng.uniform(5, 30) * smooth_noise(rng, (n, n), rng.uniform(2, 8))
     if kind in ("valley", "tributary", "piedmont"):
         along, across = _valley_frame(rng, X, Y, size)
@@ -204,6 +211,8 @@ def random_geometry(rng: np.random.Generator, config: SyntheticConfig = Syntheti
     log_c = np.log10(tau_med / basal_speed ** (1 / 3)) + 0.3 * smooth_noise(rng, (n, n), rng.uniform(3, 12))
     lower = max(config.sliding_range[0], tau_hi / 3000.0 ** (1 / 3))
     sliding = np.clip(10**log_c, lower, max(lower, config.sliding_range[1]))
+    if config.uniform_sliding is not None:
+        sliding = np.full_like(thickness, float(config.uniform_sliding))
     rate = float(rng.uniform(*config.rate_factor_range))
     return Geometry(
         thickness=thickness, bed=bed, dx=dx, sliding_coefficient=sliding, rate_factor=rate,
