@@ -7,7 +7,6 @@ the architecture code or the input pipeline that alters a prediction fails here.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
