@@ -211,7 +211,7 @@ class ModelMetadata:
                 input_scale=tuple(config["input_scale"]),
                 input_offset=tuple(config["input_offset"]),
                 velocity_scale=config["velocity_scale"],
-                architecture={k: v for k, v in config.items() if k not in ("name", "trainable")},
+                architecture=model.constructor_arguments(),
             )
         if values["outputs"] == "levels" and "vertical" not in fields:
             values["vertical"] = VerticalDiscretisation(levels=n_out // 2)
@@ -505,8 +505,7 @@ class Emulator:
             raise ValueError(f"model {self.name!r} is already depth-averaged")
         import dataclasses
 
-        arch = {k: v for k, v in self.model.get_config().items() if k not in ("name", "trainable")}
-        arch["out_channels"] = 2
+        arch = dict(self.model.constructor_arguments(), out_channels=2)
         model = GlacierUNet(**arch)
         w = np.asarray(self.vertical.depth_average_weights, np.float64)
         nz = len(w)

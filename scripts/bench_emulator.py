@@ -49,13 +49,8 @@ def machine() -> dict:
     return info
 
 
-def relative_l2(vel, ref, ice) -> float:
-    est = np.stack([vel.ubar[ice], vel.vbar[ice]])
-    true = np.stack([ref.ubar[ice], ref.vbar[ice]])
-    return float(np.linalg.norm(est - true) / max(np.linalg.norm(true), 1e-12))
-
-
 def versus_solver(emulator, size: int, count: int, seed: int, repeats: int, log) -> dict:
+    from glacier_emulator.fields import relative_l2
     from glacier_emulator.learning.synthetic import SyntheticConfig, sample_geometry
     from glacier_emulator.numerics.solver import SolverConfig, solve
 
@@ -81,7 +76,8 @@ def versus_solver(emulator, size: int, count: int, seed: int, repeats: int, log)
         ice = geometry.thickness > 0
         row = dict(index=index, kind=str(geometry.attrs.get("kind", "?")), dx=geometry.dx,
                    solver_s=solve_s, solver_iterations=result.iterations, solver_converged=result.converged,
-                   emulator_s=emu_s, speedup=solve_s / emu_s, rel_l2_ubar=relative_l2(vel, result.velocity, ice),
+                   emulator_s=emu_s, speedup=solve_s / emu_s, rel_l2_ubar=relative_l2(
+                       np.stack([vel.ubar, vel.vbar]), np.stack([result.velocity.ubar, result.velocity.vbar]), ice),
                    max_speed=float(np.max(np.hypot(result.velocity.ubar, result.velocity.vbar))))
         log(f"  {size}^2 glacier {index} ({row['kind']}, dx {row['dx']:.0f} m): solver {solve_s:.1f} s "
             f"({result.iterations} its), emulator {emu_s * 1e3:.1f} ms, speed-up {row['speedup']:.0f}, "

@@ -31,6 +31,7 @@ def evaluate(model_path, files):
     import xarray as xr
 
     from glacier_emulator.emulator import Emulator
+    from glacier_emulator.fields import relative_l2
     from glacier_emulator.io import read_geometry
     from glacier_emulator.physics.energy import blatter_pattyn_energy
     from glacier_emulator.physics.sia import sia_velocity
@@ -58,15 +59,14 @@ def evaluate(model_path, files):
         ref = np.stack([ubar[ice], vbar[ice]])
         est = np.stack([vel.ubar[ice], vel.vbar[ice]])
         row = dict(file=Path(path).name, kind=kind, dx=geometry.dx, grid=list(geometry.shape),
-                   rel_l2_ubar=float(np.linalg.norm(est - ref) / max(np.linalg.norm(ref), 1e-12)),
+                   rel_l2_ubar=relative_l2(est, ref),
                    max_speed=float(np.max(np.hypot(ubar, vbar))), inference_s=statistics.median(times))
         sia = sia_velocity(geometry, physics=phys)  # the cheap local baseline, same glacier
-        est_sia = np.stack([sia.ubar[ice], sia.vbar[ice]])
-        row["rel_l2_ubar_sia"] = float(np.linalg.norm(est_sia - ref) / max(np.linalg.norm(ref), 1e-12))
+        row["rel_l2_ubar_sia"] = relative_l2(np.stack([sia.ubar[ice], sia.vbar[ice]]), ref)
         if levels and vel.u is not None and vel.u.shape == uvel.shape:
             rs = np.stack([uvel[-1][ice], vvel[-1][ice]])
             es = np.stack([vel.u[-1][ice], vel.v[-1][ice]])
-            row["rel_l2_surface"] = float(np.linalg.norm(es - rs) / max(np.linalg.norm(rs), 1e-12))
+            row["rel_l2_surface"] = relative_l2(es, rs)
             kw = dict(thickness=geometry.thickness, surface=geometry.surface, dx=geometry.dx,
                       dy=geometry.dy, sliding_coefficient=geometry.sliding_coefficient,
                       rate_factor=geometry.rate_factor, physics=phys, vertical=vert)

@@ -345,7 +345,7 @@ def _initial_model(config: TrainConfig):
 
 def _architecture(config: TrainConfig, data: TrainingData, initial=None) -> dict:
     if initial is not None:
-        arch = {k: v for k, v in initial.get_config().items() if k not in ("name", "trainable")}
+        arch = initial.constructor_arguments()
         for key, value in config.model.items():
             if key in arch and value != "auto" and value != arch[key]:
                 raise InputError(f"model.{key} = {value!r} differs from init_from "

@@ -272,6 +272,10 @@ class GlacierUNet(keras.Model):
             **({"log_inputs": list(self.log_inputs)} if self.log_inputs else {}),
         }
 
+    def constructor_arguments(self) -> dict:
+        """The keyword arguments that build this architecture again (``GlacierUNet(**args)``)."""
+        return {k: v for k, v in self.get_config().items() if k not in ("name", "trainable")}
+
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
