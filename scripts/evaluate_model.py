@@ -92,8 +92,16 @@ def _training_summary(md) -> str:
     source = td.get("derived_from")
     recipe = (f"derived from {source}; recipe of the source: `training/configs/{cfg.get('name', '?')}.yaml`"
               if source else f"recipe: `training/configs/{md['name']}.yaml`")
-    parts = [f"{recipe} (commands in training/README.md)."]
-    if "count" in td:
+    commands = "training/README.md"
+    if td.get("recipe"):  # the GPU recipe (training/gpu/import_weights.py writes these facts)
+        recipe = f"recipe: `{td['recipe']}`" + (f" from {td['init_from']}" if td.get("init_from") else "")
+        commands = "training/README.md and training/gpu/README.md"
+    parts = [f"{recipe} (commands in {commands})."]
+    if td.get("recipe"):
+        parts.append(f"{td.get('mode')} training on {td['count']} glaciers labelled on the GPU "
+                     f"({td.get('validation_count')} validation glaciers), {td.get('steps')} steps of batch "
+                     f"{td.get('batch_size')}; crops: {td.get('crop')}.")
+    elif "count" in td:
         parts.append(f"{td.get('mode')} training on {td['count']} files ({td.get('labels')} labels), "
                      f"{td.get('validation_count', '?')} validation files, {td.get('steps')} steps of batch "
                      f"{cfg.get('batch_size')} on {cfg.get('crop_size')}-node crops"

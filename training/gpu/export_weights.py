@@ -1,0 +1,30 @@
+"""Write a Keras model's convolution weights and architecture to an ``.npz`` for the JAX recipe.
+
+    python training/gpu/export_weights.py pretrained/velocity3d-default.keras training/gpu/init.npz
+"""
+import argparse
+import json
+
+import numpy as np
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a .keras file of a GlacierUNet")
+    parser.add_argument("output", help="the .npz to write")
+    args = parser.parse_args(argv)
+    from glacier_emulator.emulator import Emulator
+
+    model = Emulator.load(args.model).model
+    config = model.constructor_arguments()
+    arrays = {}
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if weights:
+            arrays[f"{layer.name}/kernel"], arrays[f"{layer.name}/bias"] = weights
+    np.savez(args.output, __config__=np.array(json.dumps(config)), **arrays)
+    print(f"wrote {args.output}: {len(arrays) // 2} layers, config {config}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""GPU recipe: label thousands of synthetic glaciers with the batched JAX solver, then train
+U-Nets on them, all in one run on one GPU (the device image has JAX, not TensorFlow).
+
+Phases (each with a wall-clock budget, so that the run fits a lease):
+
+1. **label**: draw synthetic glaciers (``glacier_emulator.learning.synthetic``, the seeds and
+   configs below) and solve them in batches with :mod:`bp_jax` (the reference solver's energy,
+   unknowns, two-level start and stopping rule, float64). A check batch re-solves glaciers of the
+   CPU validation sets (seeds 2 and 6) whose reference-solver labels travel with the recipe
+   (``--check-labels``) and reports the difference.
+2. **train**: every model of ``--models`` is trained in the same compiled step on the same
+   batches (full 64 x 64 glaciers, the 8 mirror/rotation images, the relative loss of the
+   package on all levels), Adam with warm-up and cosine decay over the steps that fit the
+   budget; validation (median relative L2 of ubar) on GPU-labelled glaciers of two further seeds
+   every ``--validate-every`` steps; the best parameters are written to ``OUT/NAME.npz``.
+
+Everything measured goes to ``OUT/report.json`` and the log to stdout. Exact command of the
+shipped run: ``training/gpu/README.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+
+import tfstub  # noqa: E402
+
+tfstub.install()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import bp_jax  # noqa: E402
+import unet_jax  # noqa: E402
+from glacier_emulator.constants import DEFAULT_PHYSICS, DEFAULT_VERTICAL  # noqa: E402
+from glacier_emulator.learning.synthetic import SyntheticConfig, sample_geometry  # noqa: E402
+
+T0 = time.time()
+# training/default_physics.yaml: glaciers as a run without slidingco/arrhenius fields sees them
+DEFAULT_PHYSICS_SYNTHETIC = SyntheticConfig(uniform_sliding=0.0464, rate_factor_range=(78.0, 78.0),
+                                            driving_stress_range=(0.04, 0.25))
+CONFIGS = {"standard": SyntheticConfig(), "default_physics": DEFAULT_PHYSICS_SYNTHETIC}
+
+
+def log(*args):
+    print(f"[{time.time() - T0:7.1f} s]", *args, flush=True)
+
+
+def inputs_of(geo, physics=DEFAULT_PHYSICS) -> np.ndarray:
+    """The 6 model input channels of a geometry, as ``read_sample``/``prepare_inputs`` build them."""
+    sx, sy = geo.slopes()
+    shape = geo.shape
+    sliding = physics.sliding_coefficient if geo.sliding_coefficient is None else geo.sliding_coefficient
+    rate = physics.rate_factor if geo.rate_factor is None else geo.rate_factor
+    return np.stack([geo.thickness, sx, sy, np.broadcast_to(sliding, shape),
+                     np.broadcast_to(rate, shape), np.full(shape, geo.dx)], axis=-1).astype(np.float32)
+
+
+def label(specs, *, batch: int, iterations, solvers: dict, deadline: float, what: str):
+    """Solve the glaciers ``specs`` [(config name, seed, index)] in batches until ``deadline``.
+
+    Returns ``(inputs (N, ny, nx, 6), targets (N, ny, nx, 2 Nz), kept specs, stats)``; glaciers
+    whose solve did not converge are dropped and counted.
+    """
+    xs, ys, kept = [], [], []
+    stats = {"solved": 0, "not_converged": 0, "batches": 0, "seconds": 0.0, "iterations": []}
+    for start in range(0, len(specs), batch):
+        if time.time() > deadline and stats["batches"] > 0:
+            log(f"{what}: label budget spent after {stats['solved']} glaciers")
+            break
+        chunk = specs[start:start + batch]
+        geos = [sample_geometry(i, seed=s, config=CONFIGS[c]) for c, s, i in chunk]
+        real = len(geos)
+        geos += [geos[-1]] * (batch - real)  # one compiled shape
+        t = time.time()
+        u, v, rep = bp_jax.solve_geometries(geos, DEFAULT_PHYSICS, DEFAULT_VERTICAL,
+                                            iterations=iterations, solvers=solvers)
+        dt = time.time() - t
+        stats["batches"] += 1
+        stats["seconds"] += dt
+        for j in range(real):
+            stats["solved"] += 1
+            stats["iterations"].append(int(rep["iterations"][j]))
+            if not rep["converged"][j]:
+                stats["not_converged"] += 1
+                continue
+            xs.append(inputs_of(geos[j]))
+            ys.append(np.concatenate([u[j], v[j]], axis=0).transpose(1, 2, 0).astype(np.float32))
+            kept.append(chunk[j])
+        log(f"{what}: batch of {real} in {dt:.1f} s (fine iterations max {int(rep['iterations'].max())}, "
+            f"median {int(np.median(rep['iterations']))}; coarse max "
+            f"{int(rep.get('coarse_iterations', np.zeros(1)).max())}); not converged so far "
+            f"{stats['not_converged']}")
+    its = stats.pop("iterations")
+    stats["iterations_median"] = float(np.median(its)) if its else None
+    stats["iterations_max"] = int(max(its)) if its else None
+    return (np.stack(xs) if xs else None), (np.stack(ys) if ys else None), kept, stats
+
+
+# --- augmentation: the 8 mirror/rotation images (glacier_emulator.learning.data.transform) ---
+def dihedral(x, y, t: int, nz: int):
+    """Image ``t`` (0-7) of inputs ``x`` (B, n, n, 6) and levels ``y`` (B, n, n, 2 Nz):
+    ``t & 1`` mirror x, ``t & 2`` mirror y, ``t >> 2`` one 90-degree counter-clockwise turn."""
+    sx_sign = np.ones(6, np.float32)
+    sx_sign[1] = -1
+    sy_sign = np.ones(6, np.float32)
+    sy_sign[2] = -1
+    u_sign = np.concatenate([-np.ones(nz), np.ones(nz)]).astype(np.float32)
+    v_sign = np.concatenate([np.ones(nz), -np.ones(nz)]).astype(np.float32)
+    if t & 1:
+        x, y = x[:, :, ::-1] * sx_sign, y[:, :, ::-1] * u_sign
+    if t & 2:
+        x, y = x[:, ::-1] * sy_sign, y[:, ::-1] * v_sign
+    if t >> 2:
+        # A'[j, i] = A[n - 1 - i, j]; (a_x, a_y) -> (-a_y, a_x); dx and dy swap (equal here)
+        x = jnp.swapaxes(x[:, ::-1], 1, 2)
+        y = jnp.swapaxes(y[:, ::-1], 1, 2)
+        x = jnp.stack([x[..., 0], -x[..., 2], x[..., 1], x[..., 3], x[..., 4], x[..., 5]], axis=-1)
+        y = jnp.concatenate([-y[..., nz:], y[..., :nz]], axis=-1)
+    return x, y
+
+
+def relative_loss(pred, target, thickness, floor: float = 1.0):
+    """The package's ``"relative"`` supervised loss per glacier, on every level."""
+    ice = (thickness > 0).astype(pred.dtype)[..., None]
+    err = jnp.sum(jnp.square(pred - target) * ice, axis=(1, 2, 3))
+    ref = jnp.sum(jnp.square(target) * ice, axis=(1, 2, 3))
+    n_ice = jnp.sum(ice, axis=(1, 2, 3))
+    return err / (ref + n_ice * pred.shape[-1] * floor**2)
+
+
+def ubar_errors(pred, target, thickness, weights):
+    """Relative L2 of (ubar, vbar) on ice per glacier (as scripts/evaluate_model.py)."""
+    nz = weights.shape[0]
+    w = jnp.asarray(weights, jnp.float32)
+
+    def avg(a):
+        return jnp.stack([a[..., :nz] @ w, a[..., nz:] @ w], axis=-1)
+
+    p, t = avg(pred), avg(target)
+    ice = (thickness > 0).astype(p.dtype)[..., None]
+    num = jnp.sqrt(jnp.sum(jnp.square(p - t) * ice, axis=(1, 2, 3)))
+    den = jnp.sqrt(jnp.sum(jnp.square(t) * ice, axis=(1, 2, 3)))
+    return num / jnp.maximum(den, 1e-12)
+
+
+def parse_models(text: str, init_path: str | None) -> dict:
+    """``NAME:filters=16,init=1,lr=3e-4;NAME2:filters=24,lr=1e-3`` -> model specs."""
+    models = {}
+    for part in filter(None, text.split(";")):
+        name, _, opts = part.partition(":")
+        spec = dict(filters=16, init=0, lr=1e-3)
+        for kv in filter(None, opts.split(",")):
+            k, _, v = kv.partition("=")
+            spec[k] = type(spec.get(k, 0.0))(float(v)) if k in spec else v
+        models[name] = spec
+    return models
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "gpu-run"))
+    p.add_argument("--train-standard", type=int, default=3000, help="glaciers of seed 30 (standard config)")
+    p.add_argument("--train-default", type=int, default=1500, help="glaciers of seed 31 (default physics)")
+    p.add_argument("--val-standard", type=int, default=96, help="validation glaciers of seed 32")
+    p.add_argument("--val-default", type=int, default=32, help="validation glaciers of seed 33")
+    p.add_argument("--check-labels", default=os.path.join(HERE, "check_labels.npz"),
+                   help="reference-solver labels of seed-2/6 glaciers to compare with")
+    p.add_argument("--batch", type=int, default=384, help="glaciers solved at once")
+    p.add_argument("--iterations", default="2000,2500", help="L-BFGS limits, coarse and fine grid")
+    p.add_argument("--label-seconds", type=float, default=200.0)
+    p.add_argument("--train-seconds", type=float, default=250.0)
+    p.add_argument("--models", default="a16:filters=16,init=1,lr=3e-4;b24:filters=24,lr=1e-3")
+    p.add_argument("--init", default=os.path.join(HERE, "init.npz"),
+                   help="weights (export_weights.py) that models with init=1 start from")
+    p.add_argument("--train-batch", type=int, default=32)
+    p.add_argument("--validate-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    report = {"args": vars(args), "devices": [f"{d} ({d.device_kind})" for d in jax.devices()]}
+    log("devices", report["devices"])
+    nz = DEFAULT_VERTICAL.levels
+    iterations = tuple(int(i) for i in args.iterations.split(","))
+    solvers: dict = {}
+
+    def save_report():
+        with open(os.path.join(args.out, "report.json"), "w") as fh:
+            json.dump(report, fh, indent=1, default=float)
+
+    # --- 1. labels ---
+    if args.check_labels and os.path.exists(args.check_labels):
+        ref = np.load(args.check_labels)
+        check_specs = [tuple(s) for s in json.loads(str(ref["specs"]))]
+        check_specs = [(c, int(s), int(i)) for c, s, i in check_specs]
+    else:
+        ref, check_specs = None, []
+    val_specs = ([("standard", 32, i) for i in range(args.val_standard)]
+                 + [("default_physics", 33, i) for i in range(args.val_default)])
+    first = check_specs + val_specs
+    label_deadline = T0 + args.label_seconds
+    xv, yv, kept, stats = label(first, batch=args.batch, iterations=iterations, solvers=solvers,
+                                deadline=float("inf"), what="check+validation")
+    report["label_check_and_validation"] = stats
+    if ref is not None:
+        errs = []
+        for spec, x_, y_ in zip(kept, xv, yv):
+            if spec in check_specs:
+                j = check_specs.index(spec)
+                r = ref["labels"][j]
+                thick_ok = float(np.max(np.abs(x_[..., 0] - ref["thickness"][j])))
+                errs.append(dict(spec=spec, rel_l2=float(np.linalg.norm(y_ - r) / np.linalg.norm(r)),
+                                 thickness_max_diff_m=thick_ok))
+        report["label_check"] = errs
+        rels = [e["rel_l2"] for e in errs]
+        log(f"label check against the reference solver ({len(rels)} glaciers): rel. L2 median "
+            f"{np.median(rels):.2e}, max {np.max(rels):.2e}")
+    in_val = [s not in check_specs for s in kept]
+    xv, yv = xv[np.array(in_val)], yv[np.array(in_val)]
+    val_kind = np.array([0 if s[0] == "standard" else 1 for s, f in zip(kept, in_val) if f])
+    save_report()
+    train_specs = []
+    n_s, n_d = args.train_standard, args.train_default
+    # two standard glaciers to one default-physics glacier, interleaved so that any prefix of
+    # the list (the label budget decides how much is solved) has both kinds in proportion
+    for i in range(max(n_s, 2 * n_d)):
+        if i < n_s:
+            train_specs.append(("standard", 30, i))
+        if i % 2 == 0 and i // 2 < n_d:
+            train_specs.append(("default_physics", 31, i // 2))
+    xt, yt, kept_t, stats = label(train_specs, batch=args.batch, iterations=iterations, solvers=solvers,
+                                  deadline=label_deadline, what="train")
+    report["label_train"] = stats
+    report["train_glaciers"] = {"standard": sum(s[0] == "standard" for s in kept_t),
+                                "default_physics": sum(s[0] == "default_physics" for s in kept_t)}
+    log("training glaciers", report["train_glaciers"])
+    save_report()
+    del solvers
+
+    # --- 2. training ---
+    models = parse_models(args.models, args.init)
+    base = None
+    if os.path.exists(args.init):
+        init_params, base = unet_jax.load_params(args.init)
+    if base is None:
+        base = dict(in_channels=6, out_channels=2 * nz, depth=4, kernel_size=3, activation="gelu",
+                    blocks_per_level=2, symmetrise="x", input_scale=[300.0, 0.2, 0.2, 0.1, 100.0, 100.0],
+                    input_offset=[0.0] * 6, velocity_scale=50.0, padding_mode="symmetric")
+    configs, params = {}, {}
+    key = jax.random.PRNGKey(args.seed)
+    for name, spec in models.items():
+        cfg = dict(base, filters=int(spec["filters"]))
+        configs[name] = cfg
+        if spec["init"]:
+            if int(spec["filters"]) != int(base["filters"]):
+                raise SystemExit(f"{name}: init weights have {base['filters']} filters")
+            params[name] = init_params
+        else:
+            key, sub = jax.random.split(key)
+            params[name] = unet_jax.init_params(cfg, sub)
+    xt_d = jnp.asarray(xt)
+    yt_d = jnp.asarray(yt)
+    xv_d, yv_d = jnp.asarray(xv), jnp.asarray(yv)
+    weights = np.asarray(DEFAULT_VERTICAL.depth_average_weights, np.float32)
+    n_train = xt_d.shape[0]
+    opt = {name: optax.inject_hyperparams(optax.adam)(learning_rate=0.0) for name in models}
+    opt_state = {name: opt[name].init(params[name]) for name in models}
+
+    def losses(all_params, x, y):
+        return {name: jnp.mean(relative_loss(unet_jax.apply(all_params[name], configs[name], x), y, x[..., 0]))
+                for name in models}
+
+    @jax.jit
+    def step(all_params, states, lrs, key, xt_d, yt_d):
+        k1, k2 = jax.random.split(key)
+        idx = jax.random.randint(k1, (args.train_batch,), 0, n_train)
+        t = jax.random.randint(k2, (), 0, 8)
+        x, y = xt_d[idx], yt_d[idx]
+        x, y = jax.lax.switch(t, [lambda a, b, tt=tt: dihedral(a, b, tt, nz) for tt in range(8)], x, y)
+        def total(ps):
+            each = losses(ps, x, y)
+            return sum(each.values()), each
+
+        (_, each), grads = jax.value_and_grad(total, has_aux=True)(all_params)
+        new_p, new_s = {}, {}
+        for name in models:
+            states[name].hyperparams["learning_rate"] = lrs[name]
+            upd, new_s[name] = opt[name].update(grads[name], states[name], all_params[name])
+            new_p[name] = optax.apply_updates(all_params[name], upd)
+        return new_p, new_s, each
+
+    @jax.jit
+    def validate(all_params, xv_d, yv_d):
+        out = {}
+        for name in models:
+            errs = []
+            for s in range(0, xv_d.shape[0], 32):
+                pred = unet_jax.apply(all_params[name], configs[name], xv_d[s:s + 32])
+                errs.append(ubar_errors(pred, yv_d[s:s + 32], xv_d[s:s + 32, ..., 0], weights))
+            out[name] = jnp.concatenate(errs)
+        return out
+
+    def val_summary(errs):
+        errs = np.asarray(errs)
+
+        def stat(sel, q):
+            return float(np.percentile(errs[sel], q)) if np.any(sel) else float("nan")
+
+        return {"standard_median": stat(val_kind == 0, 50), "standard_p90": stat(val_kind == 0, 90),
+                "default_median": stat(val_kind == 1, 50), "all_median": stat(val_kind >= 0, 50)}
+
+    def schedule(name, k, total):
+        peak = float(models[name]["lr"])
+        warm = 200
+        if k < warm:
+            return peak * (k + 1) / warm
+        frac = min(1.0, (k - warm) / max(1, total - warm))
+        return peak * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * frac)))
+
+    v0 = validate(params, xv_d, yv_d)
+    history = {name: [] for name in models}
+    best = {}
+    for name in models:
+        s = val_summary(v0[name])
+        history[name].append((0, s))
+        best[name] = (s["all_median"], 0)
+        log(f"{name}: step 0 validation {s}")
+        unet_jax.save_params(os.path.join(args.out, f"{name}.npz"), params[name], configs[name])
+    report["history"] = history
+    # time a few steps to fit the schedule into the budget
+    train_deadline = time.time() + args.train_seconds
+    key = jax.random.PRNGKey(args.seed + 1)
+    k = 0
+    total = None
+    t_start = time.time()
+    train_losses = {name: [] for name in models}
+    while time.time() < train_deadline:
+        if total is None and k == 50:
+            jax.block_until_ready(params)
+            t_start = time.time()
+        if total is None and k == 150:
+            jax.block_until_ready(params)
+            per_step = (time.time() - t_start) / 100
+            remaining = train_deadline - time.time()
+            total = int(k + remaining / per_step * 0.9)  # 10 % for the validations
+            report["seconds_per_step"] = per_step
+            log(f"{per_step * 1e3:.1f} ms per step: schedule over {total} steps")
+        t_total = total or 10**9
+        if total is not None and k >= total:
+            break
+        lrs = {name: jnp.asarray(schedule(name, k, t_total if total else 20000), jnp.float32) for name in models}
+        key, sub = jax.random.split(key)
+        params, opt_state, loss = step(params, opt_state, lrs, sub, xt_d, yt_d)
+        k += 1
+        if k % 100 == 0:
+            for name in models:
+                train_losses[name].append((k, float(loss[name])))
+        if k % args.validate_every == 0:
+            v = validate(params, xv_d, yv_d)
+            for name in models:
+                s = val_summary(v[name])
+                history[name].append((k, s))
+                if s["all_median"] < best[name][0]:
+                    best[name] = (s["all_median"], k)
+                    unet_jax.save_params(os.path.join(args.out, f"{name}.npz"), params[name], configs[name])
+            log(f"step {k}: " + " ".join(
+                f"{n}: loss {float(loss[n]):.4f} val {history[n][-1][1]['standard_median']:.4f}/"
+                f"{history[n][-1][1]['default_median']:.4f}" for n in models))
+            save_report()
+    v = validate(params, xv_d, yv_d)
+    for name in models:
+        s = val_summary(v[name])
+        history[name].append((k, s))
+        if s["all_median"] < best[name][0]:
+            best[name] = (s["all_median"], k)
+            unet_jax.save_params(os.path.join(args.out, f"{name}.npz"), params[name], configs[name])
+    report["steps"] = k
+    report["best"] = {n: {"val_all_median": b[0], "step": b[1]} for n, b in best.items()}
+    report["train_loss"] = train_losses
+    log("done:", report["best"])
+    save_report()
+
+
+if __name__ == "__main__":
+    main()
