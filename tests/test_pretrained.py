@@ -101,3 +101,29 @@ def test_models_command_lists_them(capsys):
     out = capsys.readouterr().out
     for name in NAMES:
         assert name in out
+
+
+def test_default_model_drives_the_example_glacier_for_50_years():
+    """What `glacier-emulator run` does with the default model: the bundled example glacier (the
+    IGM side-by-side case) for 50 years. A model that lets the ice pile up into a spike (a
+    candidate trained in session 3 did so within 6 years and stopped at year 8 with a surface
+    slope outside the plausible range) must not become the default."""
+    from glacier_emulator.constants import Physics
+    from glacier_emulator.data import example_config, load_example_geometry
+    from glacier_emulator.dynamics.providers import make_provider
+    from glacier_emulator.dynamics.smb import smb_from_config
+    from glacier_emulator.dynamics.stepper import Stepper
+
+    config = example_config()
+    geometry = load_example_geometry()
+    provider = make_provider("emulator", Physics(), emulator=Emulator.pretrained())
+    stepper = Stepper(geometry, provider, smb_from_config(config.smb), cfl=config.cfl,
+                      dt_max=config.dt_max, start_time=config.start_time)
+    h0 = float(geometry.thickness.max())
+    for year in range(10, 51, 10):
+        stepper.run_until(config.start_time + year)  # raises InputError on implausible slopes
+        h = stepper.geometry.thickness
+        assert np.isfinite(h).all() and h.max() < 1.5 * h0, (year, h.max(), h0)
+        speed = np.hypot(stepper.velocity.ubar, stepper.velocity.vbar)
+        assert speed.max() < 500.0, (year, speed.max())
+    assert abs(stepper.budget_residual) < 1e-6 * float(geometry.thickness.sum() * geometry.dx * geometry.dy)

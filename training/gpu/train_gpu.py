@@ -325,6 +325,16 @@ def main(argv=None):
         frac = min(1.0, (k - warm) / max(1, total - warm))
         return peak * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * frac)))
 
+    def validate_and_keep(all_params, k):
+        """Validate every model; write the parameters of those that improved."""
+        v = validate(all_params, xv_d, yv_d)
+        for name in models:
+            s = val_summary(v[name])
+            history[name].append((k, s))
+            if s["all_median"] < best[name][0]:
+                best[name] = (s["all_median"], k)
+                unet_jax.save_params(os.path.join(args.out, f"{name}.npz"), all_params[name], configs[name])
+
     v0 = validate(params, xv_d, yv_d)
     history = {name: [] for name in models}
     best = {}
@@ -364,24 +374,13 @@ def main(argv=None):
             for name in models:
                 train_losses[name].append((k, float(loss[name])))
         if k % args.validate_every == 0:
-            v = validate(params, xv_d, yv_d)
-            for name in models:
-                s = val_summary(v[name])
-                history[name].append((k, s))
-                if s["all_median"] < best[name][0]:
-                    best[name] = (s["all_median"], k)
-                    unet_jax.save_params(os.path.join(args.out, f"{name}.npz"), params[name], configs[name])
+            validate_and_keep(params, k)
             log(f"step {k}: " + " ".join(
                 f"{n}: loss {float(loss[n]):.4f} val {history[n][-1][1]['standard_median']:.4f}/"
                 f"{history[n][-1][1]['default_median']:.4f}" for n in models))
             save_report()
-    v = validate(params, xv_d, yv_d)
-    for name in models:
-        s = val_summary(v[name])
-        history[name].append((k, s))
-        if s["all_median"] < best[name][0]:
-            best[name] = (s["all_median"], k)
-            unet_jax.save_params(os.path.join(args.out, f"{name}.npz"), params[name], configs[name])
+    if k % args.validate_every:
+        validate_and_keep(params, k)
     report["steps"] = k
     report["best"] = {n: {"val_all_median": b[0], "step": b[1]} for n, b in best.items()}
     report["train_loss"] = train_losses
