@@ -102,6 +102,13 @@ def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
     return ds, wall, extra
 
 
+def speed(ds, i):
+    """|ubar| at output index i: from ubar, vbar, or IGM's velbar_mag (its output has no ubar)."""
+    if "ubar" in ds:
+        return np.hypot(ds["ubar"].values[i], ds["vbar"].values[i])
+    return ds["velbar_mag"].values[i]
+
+
 def compare(ds, ref):
     out = {}
     years = np.asarray(ds["year"].values, float)
@@ -109,8 +116,8 @@ def compare(ds, ref):
     for y in CHECK_YEARS:
         i = int(np.argmin(np.abs(years - y)))
         j = int(np.argmin(np.abs(ref_years - y)))
-        a = np.hypot(ds["ubar"].values[i], ds["vbar"].values[i])
-        b = np.hypot(ref["ubar"].values[j], ref["vbar"].values[j])
+        a = speed(ds, i)
+        b = speed(ref, j)
         ice = ref["thk"].values[j] > 0
         out[f"relL2_speed_{int(y)}"] = relative_l2(a, b, ice)
     h = ds["thk"].values[-1]
@@ -218,6 +225,23 @@ def main():
         if "from_earlier_run" in r:
             lines += ["", f"{name}: loaded from {r['from_earlier_run']} (an earlier run of this "
                       "script on this machine; its wall time is that run's)."]
+    if any(n.startswith("igm_") for n in results):
+        lines += ["", "IGM's rows: its `unified` (default) and `solved` variants run by "
+                  "../shared/bench/igm/run_igm.sh in this run; their wall time is the whole `igm_run` "
+                  "process (start-up and imports included, about 4 s).", ""]
+        if "igm_unified" in datasets and "igm_solved" in datasets:
+            own = compare(datasets["igm_unified"], datasets["igm_solved"])
+            results["igm_unified"]["vs_igm_solved"] = own
+            lines.append("igm_unified against igm_solved (IGM's own reference): relL2 |ubar| "
+                         + " / ".join(f"{own[f'relL2_speed_{int(y)}']:.3f}" for y in CHECK_YEARS)
+                         + f", thickness RMS diff 2050 {own['thickness_rms_diff_m_2050']:.2f} m.")
+        for ours in ("emulator", "sia", "solver"):
+            for theirs in ("igm_unified", "igm_solved"):
+                if ours in results and theirs in results:
+                    ratio = results[theirs]["wall_s"] / results[ours]["wall_s"]
+                    results[ours][f"speedup_vs_{theirs}"] = ratio
+                    lines.append(f"- wall time {theirs} / {ours}: {ratio:.2f}")
+        (out / "forward.json").write_text(json.dumps(meta, indent=2))
     (out / "forward.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
