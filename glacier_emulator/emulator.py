@@ -125,6 +125,10 @@ class ModelMetadata:
         accuracy: measured accuracy, e.g. ``{"relative_l2_ubar": 0.03, "dataset": "..."}``.
         description, version, created, package_version: provenance; ``created`` is an ISO date.
         default: the model :meth:`Emulator.pretrained` returns when no name is given.
+        forward_runs: whether the model may drive a time stepper. False for a model that failed
+            the forward test (``tests/test_pretrained.py``: the bundled example glacier driven
+            50 years stays plausible); ``glacier-emulator run`` warns when given such a model,
+            and the default model must have True.
     """
 
     name: str
@@ -147,6 +151,7 @@ class ModelMetadata:
     created: str = ""
     package_version: str = __version__
     default: bool = False
+    forward_runs: bool = True
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -232,6 +237,7 @@ class ModelMetadata:
             "created": self.created,
             "package_version": self.package_version,
             "default": bool(self.default),
+            "forward_runs": bool(self.forward_runs),
             "inputs": [
                 {"name": n, "units": INPUT_UNITS[n], "offset": o, "scale": s}
                 for n, o, s in zip(self.inputs, offset, scale)
@@ -302,6 +308,7 @@ class ModelMetadata:
                 created=data.get("created", ""),
                 package_version=data.get("package_version", ""),
                 default=bool(data.get("default", False)),
+                forward_runs=bool(data.get("forward_runs", True)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: malformed model metadata ({type(exc).__name__}: {exc})") from exc

@@ -372,7 +372,7 @@ def test_cli_models_lists_installed(empty_registry, saved, capsys):
         shutil.copy(saved.with_suffix(suffix), empty_registry / f"tiny{suffix}")
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "tiny" in out and "depth_averaged" in out and "50.0-500.0 m" in out and "relative_l2_ubar" in out
+    assert "tiny" in out and "depth_averaged" in out and "50-500 m" in out and "relative_l2_ubar" in out
 
 
 # ------------------------------------------------------------------------------ training

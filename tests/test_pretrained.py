@@ -103,11 +103,20 @@ def test_models_command_lists_them(capsys):
         assert name in out
 
 
-def test_default_model_drives_the_example_glacier_for_50_years():
-    """What `glacier-emulator run` does with the default model: the bundled example glacier (the
-    IGM side-by-side case) for 50 years. A model that lets the ice pile up into a spike (a
-    candidate trained in session 3 did so within 6 years and stopped at year 8 with a surface
-    slope outside the plausible range) must not become the default."""
+FORWARD = [m["name"] for m in MODELS if m.get("forward_runs", True)]
+
+
+def test_the_default_model_is_marked_for_forward_runs():
+    default = next(m for m in MODELS if m.get("default"))
+    assert default["name"] in FORWARD
+
+
+@pytest.mark.parametrize("name", FORWARD)
+def test_forward_model_drives_the_example_glacier_for_50_years(name):
+    """What `glacier-emulator run` does with the model: the bundled example glacier (the IGM
+    side-by-side case) for 50 years. A model that lets the ice pile up into a spike (one trained
+    in session 3, velocity3d-gpu, did so within 6 years and stopped at year 8 with a surface
+    slope outside the plausible range) must be marked ``forward_runs: false`` (run warns)."""
     from glacier_emulator.constants import Physics
     from glacier_emulator.data import example_config, load_example_geometry
     from glacier_emulator.dynamics.providers import make_provider
@@ -116,7 +125,7 @@ def test_default_model_drives_the_example_glacier_for_50_years():
 
     config = example_config()
     geometry = load_example_geometry()
-    provider = make_provider("emulator", Physics(), emulator=Emulator.pretrained())
+    provider = make_provider("emulator", Physics(), emulator=Emulator.pretrained(name))
     stepper = Stepper(geometry, provider, smb_from_config(config.smb), cfl=config.cfl,
                       dt_max=config.dt_max, start_time=config.start_time)
     h0 = float(geometry.thickness.max())
@@ -127,3 +136,18 @@ def test_default_model_drives_the_example_glacier_for_50_years():
         speed = np.hypot(stepper.velocity.ubar, stepper.velocity.vbar)
         assert speed.max() < 500.0, (year, speed.max())
     assert abs(stepper.budget_residual) < 1e-6 * float(geometry.thickness.sum() * geometry.dx * geometry.dy)
+
+
+def test_run_warns_about_a_model_not_for_forward_runs(tmp_path, capsys):
+    from glacier_emulator.cli import main
+
+    flagged = [m["name"] for m in MODELS if not m.get("forward_runs", True)]
+    if not flagged:
+        pytest.skip("every shipped model is marked for forward runs")
+    out = tmp_path / "run.nc"
+    assert main(["run", "-o", str(out), "--model", flagged[0], "--years", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "not for forward runs" in err
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert f"{flagged[0]}" in listing and "not for forward runs" in listing

@@ -17,8 +17,15 @@ def register(subparsers) -> None:
 
 
 def _accuracy(entry: dict) -> str:
+    held = ((entry.get("accuracy") or {}).get("held_out") or {}).get("rel_l2_ubar") or {}
+    if "median" in held:  # the model card's number: held-out glaciers against the solver
+        return f"held-out rel. L2 of ubar {held['median']:.3f} median, {held.get('p90', float('nan')):.3f} p90"
     accuracy = {k: v for k, v in (entry.get("accuracy") or {}).items() if isinstance(v, (int, float))}
     return ", ".join(f"{k}={v:.3g}" for k, v in accuracy.items()) or "not measured"
+
+
+def _metres(value) -> str:
+    return "?" if value is None else f"{float(value):.0f}"
 
 
 def describe(entry: dict) -> str:
@@ -28,10 +35,10 @@ def describe(entry: dict) -> str:
     spacing = entry.get("grid_spacing", {})
     flags = ("" if entry.get("available") else "  [weights file missing]") + (
         "  (default)" if entry.get("default") else ""
-    )
+    ) + ("" if entry.get("forward_runs", True) else "  (not for forward runs: see its model card)")
     return (
         f"{entry.get('name', '?')}  v{entry.get('version', '?')}  outputs={outputs}  Nz={levels}  "
-        f"dx={spacing.get('min', '?')}-{spacing.get('max', '?')} m  accuracy: {_accuracy(entry)}{flags}"
+        f"dx={_metres(spacing.get('min'))}-{_metres(spacing.get('max'))} m  accuracy: {_accuracy(entry)}{flags}"
     )
 
 

@@ -198,7 +198,12 @@ def resolve_provider(config, physics, args, *, note):
     if name == "emulator":
         from .predict import resolve_model
 
-        return EmulatorProvider(resolve_model(args.model))
+        emulator = resolve_model(args.model)
+        if not emulator.metadata.forward_runs:
+            note(f"warning: the emulator {emulator.name} is marked not for forward runs (it failed "
+                 "the forward test of its model card: the ice may pile up until the run stops); "
+                 "prefer the default model, --velocity sia or --velocity solver")
+        return EmulatorProvider(emulator)
     if name == "solver":
         from ..numerics.solver import SolverConfig
 

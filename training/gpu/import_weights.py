@@ -61,6 +61,8 @@ def main(argv=None):
     parser.add_argument("--metadata-from", default=None,
                         help="a model's .json metadata to copy physics, levels and valid ranges from")
     parser.add_argument("--version", default="0.0.0")
+    parser.add_argument("--not-for-forward-runs", action="store_true",
+                        help="mark the model as failing the forward test (metadata forward_runs: false)")
     parser.add_argument("--report", default=None,
                         help="the run's report.json: its facts become the metadata's training_data")
     parser.add_argument("--report-model", default=None, help="which model of the report (default: the first)")
@@ -80,7 +82,7 @@ def main(argv=None):
         if layer.get_weights():
             layer.set_weights([data[f"{layer.name}/kernel"], data[f"{layer.name}/bias"]])
             n += 1
-    extra = {"version": args.version}
+    extra = {"version": args.version, "forward_runs": not args.not_for_forward_runs}
     if args.metadata_from:
         with open(args.metadata_from) as fh:
             template = ModelMetadata.from_dict(json.load(fh), source=args.metadata_from)
