@@ -332,6 +332,14 @@ def uncompiled_copy(model: keras.Model) -> keras.Model:
     return fresh
 
 
+def held_out_ubar_error(accuracy: Optional[Mapping]) -> dict:
+    """The model card's headline: ``{"median", "p90", "n"}`` of the relative L2 error of ubar on
+    held-out glaciers against the solver (``accuracy["held_out"]["rel_l2_ubar"]``, written by
+    ``scripts/evaluate_model.py``), or ``{}`` when the model was not evaluated so."""
+    held = (accuracy or {}).get("held_out") or {}
+    return dict(held.get("rel_l2_ubar") or {})
+
+
 def list_pretrained(directory: Optional[PathLike] = None) -> List[dict]:
     """The shipped models: the metadata of every ``*.json`` model file in ``directory``.
 

@@ -200,6 +200,12 @@ def main():
         for name, ds in datasets.items():
             if name != "solver":
                 results[name].update(compare(ds, datasets["solver"]))
+    if "igm_unified" in datasets and "igm_solved" in datasets:
+        results["igm_unified"]["vs_igm_solved"] = compare(datasets["igm_unified"], datasets["igm_solved"])
+    ratios = [(ours, theirs) for ours in ("emulator", "sia", "solver")
+              for theirs in ("igm_unified", "igm_solved") if ours in results and theirs in results]
+    for ours, theirs in ratios:
+        results[ours][f"speedup_vs_{theirs}"] = results[theirs]["wall_s"] / results[ours]["wall_s"]
     machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version())
     meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine,
                 command="python scripts/bench_forward.py " + " ".join(sys.argv[1:]),
@@ -229,19 +235,13 @@ def main():
         lines += ["", "IGM's rows: its `unified` (default) and `solved` variants run by "
                   "../shared/bench/igm/run_igm.sh in this run; their wall time is the whole `igm_run` "
                   "process (start-up and imports included, about 4 s).", ""]
-        if "igm_unified" in datasets and "igm_solved" in datasets:
-            own = compare(datasets["igm_unified"], datasets["igm_solved"])
-            results["igm_unified"]["vs_igm_solved"] = own
+        own = results.get("igm_unified", {}).get("vs_igm_solved")
+        if own:
             lines.append("igm_unified against igm_solved (IGM's own reference): relL2 |ubar| "
                          + " / ".join(f"{own[f'relL2_speed_{int(y)}']:.3f}" for y in CHECK_YEARS)
                          + f", thickness RMS diff 2050 {own['thickness_rms_diff_m_2050']:.2f} m.")
-        for ours in ("emulator", "sia", "solver"):
-            for theirs in ("igm_unified", "igm_solved"):
-                if ours in results and theirs in results:
-                    ratio = results[theirs]["wall_s"] / results[ours]["wall_s"]
-                    results[ours][f"speedup_vs_{theirs}"] = ratio
-                    lines.append(f"- wall time {theirs} / {ours}: {ratio:.2f}")
-        (out / "forward.json").write_text(json.dumps(meta, indent=2))
+        lines += [f"- wall time {theirs} / {ours}: {results[ours][f'speedup_vs_{theirs}']:.2f}"
+                  for ours, theirs in ratios]
     (out / "forward.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -17,7 +17,9 @@ def register(subparsers) -> None:
 
 
 def _accuracy(entry: dict) -> str:
-    held = ((entry.get("accuracy") or {}).get("held_out") or {}).get("rel_l2_ubar") or {}
+    from ..emulator import held_out_ubar_error
+
+    held = held_out_ubar_error(entry.get("accuracy"))
     if "median" in held:  # the model card's number: held-out glaciers against the solver
         return f"held-out rel. L2 of ubar {held['median']:.3f} median, {held.get('p90', float('nan')):.3f} p90"
     accuracy = {k: v for k, v in (entry.get("accuracy") or {}).items() if isinstance(v, (int, float))}

@@ -169,8 +169,9 @@ def resolve_smb(config, geometry, *, note):
 
 
 def _accuracy_note(emulator) -> str:
-    held = (emulator.metadata.accuracy or {}).get("held_out") or {}
-    err = (held.get("rel_l2_ubar") or {}).get("median")
+    from ..emulator import held_out_ubar_error
+
+    err = held_out_ubar_error(emulator.metadata.accuracy).get("median")
     return f" (held-out relative error of ubar {err:.2f}, median)" if err is not None else ""
 
 

@@ -319,7 +319,6 @@ def solve_geometries(geometries, physics, vertical, *, iterations=(3000, 3000), 
     nz = vertical.levels
     shape = geometries[0].shape
     report = {}
-    x0 = None
     if min(shape) >= 48 and iterations[0] > 0:
         coarse = [coarsen(g) for g in geometries]
         gc = glacier_arrays(coarse, physics, vertical)

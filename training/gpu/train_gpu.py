@@ -152,7 +152,7 @@ def ubar_errors(pred, target, thickness, weights):
     return num / jnp.maximum(den, 1e-12)
 
 
-def parse_models(text: str, init_path: str | None) -> dict:
+def parse_models(text: str) -> dict:
     """``NAME:filters=16,init=1,lr=3e-4;NAME2:filters=24,lr=1e-3`` -> model specs."""
     models = {}
     for part in filter(None, text.split(";")):
@@ -246,7 +246,7 @@ def main(argv=None):
     del solvers
 
     # --- 2. training ---
-    models = parse_models(args.models, args.init)
+    models = parse_models(args.models)
     base = None
     if os.path.exists(args.init):
         init_params, base = unet_jax.load_params(args.init)
@@ -363,10 +363,9 @@ def main(argv=None):
             total = int(k + remaining / per_step * 0.9)  # 10 % for the validations
             report["seconds_per_step"] = per_step
             log(f"{per_step * 1e3:.1f} ms per step: schedule over {total} steps")
-        t_total = total or 10**9
         if total is not None and k >= total:
             break
-        lrs = {name: jnp.asarray(schedule(name, k, t_total if total else 20000), jnp.float32) for name in models}
+        lrs = {name: jnp.asarray(schedule(name, k, total or 20000), jnp.float32) for name in models}
         key, sub = jax.random.split(key)
         params, opt_state, loss = step(params, opt_state, lrs, sub, xt_d, yt_d)
         k += 1
