@@ -176,11 +176,22 @@ class VerticalDiscretisation:
     @property
     def depth_average_weights(self) -> np.ndarray:
         """Weights w_k with ubar = sum_k w_k u_k (trapezoidal rule on the levels; sums to 1)."""
-        dz = self.layer_thickness
-        w = np.zeros(int(self.levels))
-        w[:-1] += 0.5 * dz
-        w[1:] += 0.5 * dz
-        return w
+        return trapezoid_weights(self.zeta)
+
+
+def trapezoid_weights(zeta) -> np.ndarray:
+    """Weights w_k of the trapezoidal rule on the levels ``zeta`` (0 at the bed, 1 at the surface):
+    the depth average of u is sum_k w_k u_k; they sum to 1.
+
+    Example:
+        >>> trapezoid_weights([0.0, 0.5, 1.0]).tolist()
+        [0.25, 0.5, 0.25]
+    """
+    dz = np.diff(np.asarray(zeta, float))
+    w = np.zeros(len(dz) + 1)
+    w[:-1] += 0.5 * dz
+    w[1:] += 0.5 * dz
+    return w
 
 
 DEFAULT_VERTICAL = VerticalDiscretisation()

@@ -507,7 +507,8 @@ class Emulator:
         """A depth-averaged (ubar, vbar) emulator with exactly the depth average of this 3-D one.
 
         The U-Net's last layer is a 1 x 1 convolution to u and v on the levels and everything
-        after it (mirror averaging, output scaling, ice mask) is linear, so contracting that
+        after it (the prior's per-glacier scale, mirror averaging, output scaling, ice mask) is
+        linear, so contracting that
         layer's kernel and bias with the depth-average weights of the levels gives a 2-channel
         network whose output equals the trapezoidal depth average of this one's (to float32
         round-off), with every other weight shared.

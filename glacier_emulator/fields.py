@@ -13,6 +13,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from .constants import trapezoid_weights
 from .numerics.grid import node_gradient
 
 ArrayOrScalar = Union[float, np.ndarray]
@@ -169,10 +170,7 @@ class Velocity:
     def from_levels(cls, u: np.ndarray, v: np.ndarray, zeta: np.ndarray) -> "Velocity":
         """Depth averages by the trapezoidal rule on the levels."""
         zeta = np.asarray(zeta, float)
-        dz = np.diff(zeta)
-        w = np.zeros(len(zeta))
-        w[:-1] += 0.5 * dz
-        w[1:] += 0.5 * dz
+        w = trapezoid_weights(zeta)
         u = np.asarray(u)
         v = np.asarray(v)
         ubar = np.tensordot(w, u, axes=(0, 0))

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 import glacier_emulator.emulator as emulator_module
-from glacier_emulator import Geometry, InputError, Velocity, VerticalDiscretisation
+from glacier_emulator import DEFAULT_PHYSICS, Geometry, InputError, Velocity, VerticalDiscretisation
 from glacier_emulator.cli import main
 from glacier_emulator.emulator import (
     Emulator,
@@ -47,7 +47,8 @@ def glacier(n=16, dx=DX, h0=150.0, slope=0.1, shift=0.0, ny=None):
 
 def make_emulator(out_channels=2, seed=0, name="tiny", **kwargs):
     keras.utils.set_random_seed(seed)
-    model = build_unet(out_channels=out_channels, filters=8, depth=2, velocity_scale=50.0, **kwargs)
+    kwargs.setdefault("velocity_scale", 50.0)
+    model = build_unet(out_channels=out_channels, filters=8, depth=2, **kwargs)
     meta = ModelMetadata.from_model(
         model, name=name, grid_spacing_range=(50.0, 500.0), version="0.0.1",
         training_data={"description": "untrained test model"}, accuracy={"relative_l2_ubar": 0.5},
@@ -184,10 +185,15 @@ def test_levels_model_returns_3d_velocity(tiny_levels):
     np.testing.assert_allclose(v.ubar, np.tensordot(w, v.u, axes=(0, 0)))
 
 
-def test_depth_averaged_contraction_matches_the_3d_model(tiny_levels, tmp_path):
+@pytest.mark.parametrize("prior", [False, True], ids=["plain", "prior"])
+def test_depth_averaged_contraction_matches_the_3d_model(tiny_levels, tmp_path, prior):
     """The contracted 2-channel model gives the depth average of the 3-D one (random weights,
-    so nothing is special about the answer), survives a save/load round trip, and a
+    so nothing is special about the answer), also with the local shallow-ice prior (its scale
+    multiplies after the contracted layer), survives a save/load round trip, and a
     depth-averaged model cannot be contracted again."""
+    if prior:
+        tiny_levels = make_emulator(out_channels=8, seed=2, name="tiny-prior", velocity_scale=1.0,
+                                    prior=dict(smoothing=1.0, rho_g=DEFAULT_PHYSICS.rho_g))
     g = glacier(n=21, ny=19, slope=0.15)
     full = tiny_levels.predict_geometry(g)
     flat = tiny_levels.depth_averaged(name="tiny-ubar", description="contracted")

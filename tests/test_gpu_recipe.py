@@ -68,12 +68,18 @@ def test_batched_solver_matches_reference_solver(glaciers):
         assert np.abs(ref.u).max() > 1.0
 
 
-def test_unet_forward_matches_keras():
-    """unet_jax.apply with a GlacierUNet's weights gives the Keras output (odd grid: padding)."""
+PRIOR = dict(smoothing=1.5, rho_g=910 * 9.81e-6, glen_exponent=3.0, sliding_exponent=1 / 3,
+             rate_factor=78.0)
+
+
+@pytest.mark.parametrize("prior", [None, PRIOR], ids=["plain", "prior"])
+def test_unet_forward_matches_keras(prior):
+    """unet_jax.apply with a GlacierUNet's weights gives the Keras output (odd grid: padding),
+    also with the local shallow-ice prior; init_params makes kernels of the Keras shapes."""
     from glacier_emulator.models import GlacierUNet
 
     model = GlacierUNet(in_channels=6, out_channels=8, filters=4, depth=2, symmetrise="x",
-                        velocity_scale=30.0)
+                        velocity_scale=30.0, prior=prior)
     rng = np.random.default_rng(1)
     for layer in model.layers:  # non-zero biases too
         if layer.get_weights():
@@ -81,6 +87,8 @@ def test_unet_forward_matches_keras():
     params = {layer.name: {"kernel": jnp.asarray(layer.get_weights()[0]), "bias": jnp.asarray(layer.get_weights()[1])}
               for layer in model.layers if layer.get_weights()}
     assert sorted(params) == sorted(unet_jax.layer_names(model.constructor_arguments()))
+    fresh = unet_jax.init_params(model.constructor_arguments(), jax.random.PRNGKey(0))
+    assert {k: v["kernel"].shape for k, v in fresh.items()} == {k: v["kernel"].shape for k, v in params.items()}
     x = np.zeros((2, 21, 27, 6), "float32")
     x[..., 0] = np.clip(300 * rng.random((2, 21, 27)) - 50, 0, None)
     x[..., 1:3] = 0.1 * rng.standard_normal((2, 21, 27, 2))

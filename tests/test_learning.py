@@ -32,7 +32,7 @@ from glacier_emulator.learning.data import (
     transform,
 )
 from glacier_emulator.learning.losses import label_levels, make_energy_fn, shape_function
-from glacier_emulator.learning.train import TrainConfig, train
+from glacier_emulator.learning.train import TrainConfig, prior_arguments, train
 from glacier_emulator.numerics.grid import node_gradient
 from glacier_emulator.numerics.solver import solve
 
@@ -260,6 +260,27 @@ def test_hybrid_validation_error_falls(dataset, tmp_path):
     e_first, e_last, _ = _val(result, "val_physics")
     assert e_last < e_first
     assert result["history"]["physics"][-1] is not None
+
+
+def test_prior_model_trains_with_the_constants_of_the_training_physics(dataset, tmp_path):
+    """``model.prior: true``: the local shallow-ice prior takes rho g, n, m and A from the
+    training physics (recorded in the data), is stored in the model file, and the validation
+    error falls as for the plain network."""
+    model = dict(MODEL, velocity_scale=1.0, prior=True)
+    out = tmp_path / "prior.keras"
+    result = train([dataset / "train"], out, tiny_config(model=model),
+                   validation=[dataset / "validation"])
+    first, _, best = _val(result, "val_rel_l2")
+    assert best < 0.75 * first
+    from glacier_emulator.emulator import Emulator
+
+    prior = Emulator.load(out).model.get_config()["prior"]
+    assert prior["rho_g"] == pytest.approx(DEFAULT_PHYSICS.rho_g)
+    assert prior["glen_exponent"] == DEFAULT_PHYSICS.glen_exponent
+    assert prior["sliding_exponent"] == pytest.approx(DEFAULT_PHYSICS.sliding_exponent)
+    assert prior["rate_factor"] == DEFAULT_PHYSICS.rate_factor
+    assert prior_arguments({"smoothing": 3.0, "rate_factor": 50.0}, DEFAULT_PHYSICS)["rate_factor"] == 50.0
+    assert prior_arguments(False, DEFAULT_PHYSICS) is None
 
 
 def test_physics_energy_falls(dataset, tmp_path):

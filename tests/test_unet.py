@@ -11,6 +11,7 @@ from glacier_emulator.models import (
     GlacierUNet,
     IceMask,
     InputNormalization,
+    LocalFlowPrior,
     MirrorAverage,
     MirrorStack,
     OutputScaling,
@@ -212,3 +213,77 @@ def test_log_inputs_normalise_the_logarithm(tmp_path):
     np.testing.assert_array_equal(loaded(xs).numpy(), model(xs).numpy())
     with pytest.raises(ValueError, match="log_inputs"):
         build_unet(filters=8, depth=2, log_inputs=["bed"])
+
+
+# ------------------------------------------------------------------ the physical prior
+RHO_G = 910.0 * 9.81 * 1e-6
+
+
+def slab(h=300.0, slope=0.05, c=1e6, a=78.0, shape=(40, 40)):
+    x = np.zeros((1,) + shape + (5,), np.float32)
+    x[..., 0] = h
+    x[..., 1] = slope
+    x[..., 3] = c
+    x[..., 4] = a
+    return x
+
+
+def test_prior_is_the_shallow_ice_speed_of_a_slab():
+    """Away from the edges (further than the smoothing reaches) the prior of a uniform slab is
+    the analytic shallow-ice depth-averaged speed 2A/(n+2) (rho g |grad s|)^n H^(n+1), down the
+    slope, for a large sliding coefficient; and the Weertman speed (rho g H |grad s| / c)^(1/m)
+    for a tiny rate factor."""
+    layer = LocalFlowPrior(smoothing=2.0, rho_g=RHO_G, glen_exponent=3.0, sliding_exponent=1 / 3)
+    features, scale = (t.numpy() for t in layer(slab()))
+    interior = (0, slice(10, 30), slice(10, 30))
+    speed = features[..., 0] * scale[..., 0]
+    expected = 2 * 78.0 / 5 * (RHO_G * 0.05) ** 3 * 300.0**4
+    np.testing.assert_allclose(speed[interior], -expected, rtol=1e-4)  # -x: down the slope
+    np.testing.assert_allclose(features[..., 1][interior], 0.0, atol=1e-6)
+    x = slab(c=0.05, a=1e-9)
+    features, scale = (t.numpy() for t in layer(x))
+    np.testing.assert_allclose(-features[..., 0][interior] * scale[0, 0, 0, 0],
+                               (RHO_G * 300.0 * 0.05 / 0.05) ** 3, rtol=1e-4)
+
+
+def test_prior_scale_is_the_rms_over_ice_and_zero_ice_is_finite():
+    x = slab(shape=(24, 24))
+    x[0, :, 12:, 0] = 0.0  # half the domain ice-free
+    layer = LocalFlowPrior(smoothing=0.0, rho_g=RHO_G, rate_factor=78.0, floor=0.1)
+    features, scale = (t.numpy() for t in layer(x[..., :4]))  # no A channel: rate_factor used
+    speed = np.hypot(features[0, ..., 0], features[0, ..., 1]) * scale[0, 0, 0, 0]
+    ice = x[0, ..., 0] > 0
+    assert np.all(speed[~ice] == 0)
+    np.testing.assert_allclose(scale[0, 0, 0, 0], np.sqrt(np.mean(speed[ice] ** 2)) + 0.1, rtol=1e-5)
+    features, scale = (t.numpy() for t in layer(np.zeros_like(x[..., :4])))
+    assert np.all(features == 0) and np.allclose(scale, 0.1)
+
+
+def test_unet_with_prior_is_mirror_symmetric_scales_and_round_trips(tmp_path):
+    """With the prior the network predicts in units of the glacier's shallow-ice speed: exact
+    x mirror symmetry still holds, the option survives a safe-mode round trip, and the output
+    is the head output times the prior's scale (zero-initialised head gives exactly zero)."""
+    keras.utils.set_random_seed(4)
+    prior = dict(smoothing=1.5, rho_g=RHO_G, glen_exponent=3.0, sliding_exponent=1 / 3,
+                 rate_factor=78.0)
+    model = build_unet(in_channels=5, out_channels=4, filters=8, depth=2, prior=prior,
+                       velocity_scale=1.0)
+    x = random_inputs(channels=5)
+    y = model(x).numpy()
+    ym = mirror_x(model(mirror_x(x, [1])).numpy(), [0, 1])
+    np.testing.assert_allclose(y, ym, rtol=1e-5, atol=1e-6 * np.abs(y).max())
+    assert model.get_config()["prior"] == prior
+    path = tmp_path / "prior.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
+    np.testing.assert_array_equal(loaded(x).numpy(), y)
+    # the velocity is the head output times the scale: a head that outputs a constant 1 (zero
+    # kernel, unit bias) gives v = the prior's scale on ice (u cancels under the x mirror)
+    head = model.get_layer("velocity_head")
+    head.kernel.assign(np.zeros(head.kernel.shape, "float32"))
+    head.bias.assign(np.ones(head.bias.shape, "float32"))
+    scale = LocalFlowPrior(**prior)(x)[1].numpy()
+    out = model(x).numpy()
+    ice = x[..., 0] > 0
+    np.testing.assert_allclose(out[..., 2][ice], np.broadcast_to(scale[..., 0], ice.shape)[ice], rtol=1e-6)
+    assert np.all(out[..., 2][~ice] == 0)

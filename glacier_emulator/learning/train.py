@@ -343,15 +343,34 @@ def _initial_model(config: TrainConfig):
         raise InputError(f"init_from: {path}: cannot load the model ({exc})") from None
 
 
-def _architecture(config: TrainConfig, data: TrainingData, initial=None) -> dict:
+def prior_arguments(prior, physics: Physics) -> Optional[dict]:
+    """``model.prior`` of a config with the physical constants the training physics fixes.
+
+    ``prior: true`` or ``prior: {smoothing: 2}`` in a config; ``rho_g``, ``glen_exponent``,
+    ``sliding_exponent`` and ``rate_factor`` come from ``physics`` unless given.
+    """
+    if prior is None or prior is False:
+        return None
+    prior = {} if prior is True else dict(prior)
+    defaults = dict(rho_g=physics.rho_g, glen_exponent=physics.glen_exponent,
+                    sliding_exponent=physics.sliding_exponent, rate_factor=physics.rate_factor)
+    return {**defaults, **prior}
+
+
+def _architecture(config: TrainConfig, data: TrainingData, initial=None,
+                  physics: Physics = DEFAULT_PHYSICS) -> dict:
     if initial is not None:
         arch = initial.constructor_arguments()
         for key, value in config.model.items():
+            if key == "prior":
+                value = prior_arguments(value, physics)
             if key in arch and value != "auto" and value != arch[key]:
                 raise InputError(f"model.{key} = {value!r} differs from init_from "
                                  f"{config.init_from} ({arch[key]!r}); remove it from the config")
         return arch
     arch = dict(config.model)
+    if "prior" in arch:
+        arch["prior"] = prior_arguments(arch["prior"], physics)
     if arch.get("velocity_scale") == "auto":
         if not data.layout.has_labels:
             raise ValueError("model.velocity_scale: auto needs labels; give a number (m/yr)")
@@ -555,7 +574,7 @@ def train(
         check_physics(data, explicit_physics)
     physics = explicit_physics or data.physics or DEFAULT_PHYSICS
     initial = _initial_model(config)
-    arch = _architecture(config, data, initial)
+    arch = _architecture(config, data, initial, physics)
     out_channels = int(arch.get("out_channels", 2))
     in_channels = int(arch.get("in_channels", 4))
     vertical = _resolve_vertical(config, data, out_channels)

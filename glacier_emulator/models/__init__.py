@@ -7,10 +7,12 @@ from .layers import (
     CropTo,
     IceMask,
     InputNormalization,
+    LocalFlowPrior,
     MirrorAverage,
     MirrorStack,
     OutputScaling,
     PadToMultiple,
+    ScaleBy,
 )
 from .unet import INPUT_CHANNELS, INPUT_UNITS, GlacierUNet, build_unet, input_names, output_names
 
@@ -28,4 +30,6 @@ __all__ = [
     "IceMask",
     "MirrorStack",
     "MirrorAverage",
+    "LocalFlowPrior",
+    "ScaleBy",
 ]

@@ -24,6 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ..numerics.grid import gaussian_kernel_1d
+
 PACKAGE = "glacier_emulator"
 
 SYMMETRISE_MODES = ("none", "x", "xy")
@@ -394,3 +396,104 @@ class MirrorAverage(_Mirror):
     def compute_output_shape(self, input_shape):
         batch = None if input_shape[0] is None else input_shape[0] // self.copies
         return (batch,) + tuple(input_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LocalFlowPrior(keras.layers.Layer):
+    r"""A shallow-ice + Weertman estimate of the flow from the raw inputs: a prior for the U-Net.
+
+    From the raw channels ``[H, s_x, s_y, c, (A)]`` it forms the driving stress vector smoothed
+    over ``smoothing`` cells, :math:`\boldsymbol\tau = \rho g\, G_\sigma * (H \nabla s)` (MPa),
+    and the local speed estimate
+
+    .. math:: u_{est} = \frac{2A}{n+2} |\tau|^n H + (|\tau| / c)^{1/m}
+
+    (depth-averaged deformation plus Weertman sliding). It returns two things:
+
+    * ``features`` ``(B, ny, nx, 2)``: the estimated velocity vector, pointing down the smoothed
+      surface slope, divided by ``scale`` (zero off ice);
+    * ``scale`` ``(B, 1, 1, 1)``: the RMS of :math:`u_{est}` over the ice of each glacier (m/yr),
+      plus ``floor``.
+
+    The U-Net sees the features as extra input channels and its output is multiplied by the
+    scale, so the network predicts the velocity *in units of the glacier's own shallow-ice speed*.
+    The speeds of the training glaciers span three orders of magnitude (RMS 1.8-3200 m/yr over
+    the 211 glaciers of the default recipe, log-std 1.44); divided by this scale the log-std is
+    0.46, which a network with a fixed output scale would otherwise have to learn.
+
+    The computation is local and mirror-equivariant (the Gaussian is symmetric), so it can sit
+    after :class:`MirrorStack`.
+
+    Args:
+        smoothing: standard deviation of the Gaussian smoothing of the driving stress (cells).
+        rho_g: ice density times gravity (MPa/m).
+        glen_exponent: n.
+        sliding_exponent: m of the Weertman law.
+        rate_factor: A (MPa^-3 yr^-1) used when the input has no rate-factor channel.
+        floor: added to the scale (m/yr), so ice with no driving stress gives a finite result.
+    """
+
+    def __init__(self, smoothing: float = 2.0, rho_g: float = 910.0 * 9.81 * 1e-6,
+                 glen_exponent: float = 3.0, sliding_exponent: float = 1.0 / 3.0,
+                 rate_factor: float = 78.0, floor: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        values = dict(smoothing=smoothing, rho_g=rho_g, glen_exponent=glen_exponent,
+                      sliding_exponent=sliding_exponent, rate_factor=rate_factor, floor=floor)
+        for key, value in values.items():
+            ok = np.isfinite(value) and (value >= 0 if key == "smoothing" else value > 0)
+            if not ok:
+                raise ValueError(f"`{key}` must be a {'non-negative' if key == 'smoothing' else 'positive'} "
+                                 f"number. Received: {key}={value!r}")
+        self.smoothing = float(smoothing)
+        self.rho_g = float(rho_g)
+        self.glen_exponent = float(glen_exponent)
+        self.sliding_exponent = float(sliding_exponent)
+        self.rate_factor = float(rate_factor)
+        self.floor = float(floor)
+
+    def _smooth(self, x):
+        w = gaussian_kernel_1d(self.smoothing)
+        if w.size == 1:
+            return x
+        channels = int(x.shape[-1])
+        k = tf.constant(np.outer(w, w)[:, :, None, None] * np.ones((1, 1, channels, 1)), x.dtype)
+        return tf.nn.depthwise_conv2d(x, k, strides=[1, 1, 1, 1], padding="SAME")
+
+    def call(self, raw):
+        dtype = raw.dtype
+        h = raw[..., 0:1]
+        ice = tf.cast(h > 0, dtype)
+        stress = self._smooth(h * raw[..., 1:3]) * tf.constant(self.rho_g, dtype)
+        magnitude = tf.sqrt(tf.reduce_sum(stress**2, axis=-1, keepdims=True) + tf.constant(1e-20, dtype))
+        c = tf.maximum(raw[..., 3:4], tf.constant(1e-6, dtype))
+        a = raw[..., 4:5] if raw.shape[-1] is not None and raw.shape[-1] >= 5 else tf.constant(self.rate_factor, dtype)
+        n = tf.constant(self.glen_exponent, dtype)
+        speed = (2.0 * a / (n + 2.0) * magnitude**n * h
+                 + (magnitude / c) ** tf.constant(1.0 / self.sliding_exponent, dtype)) * ice
+        count = tf.maximum(tf.reduce_sum(ice, axis=[1, 2, 3], keepdims=True), tf.constant(1.0, dtype))
+        scale = tf.sqrt(tf.reduce_sum(speed**2, axis=[1, 2, 3], keepdims=True) / count)
+        scale = scale + tf.constant(self.floor, dtype)
+        features = -stress / magnitude * speed / scale
+        return features, scale
+
+    def compute_output_shape(self, input_shape):
+        return (tuple(input_shape[:3]) + (2,), (input_shape[0], 1, 1, 1))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"smoothing": self.smoothing, "rho_g": self.rho_g,
+                       "glen_exponent": self.glen_exponent, "sliding_exponent": self.sliding_exponent,
+                       "rate_factor": self.rate_factor, "floor": self.floor})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ScaleBy(keras.layers.Layer):
+    """Multiplies ``x`` by a per-glacier ``scale`` ``(B, 1, 1, 1)``: called on ``[x, scale]``."""
+
+    def call(self, inputs):
+        x, scale = inputs
+        return x * scale
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]

@@ -27,6 +27,11 @@ Inside the model (all registered layers, no ``Lambda``):
            ─▶ decoder (depth x [2x upsample, concat skip, blocks_per_level convs])
            ─▶ CropTo ─▶ 1x1 conv ─▶ MirrorAverage ─▶ OutputScaling(velocity_scale) ─▶ IceMask
 
+With ``prior=...`` a :class:`~.layers.LocalFlowPrior` computes a local shallow-ice + Weertman
+velocity estimate from the raw (mirrored) inputs: its two channels, in units of its RMS over the
+glacier, join the normalised inputs, and the 1x1 conv's output is multiplied by that RMS
+(``ScaleBy``) before the mirror average.
+
 Mirror symmetry is exact by construction: with ``symmetrise="x"`` the model computes
 :math:`F(x) = \tfrac12 (f(x) + M_x f(M_x x))`, where :math:`M_x` reverses the x axis and negates
 the x-slope input and the u outputs, so mirroring a glacier in x mirrors its velocity and flips the
@@ -47,10 +52,12 @@ from .layers import (
     CropTo,
     IceMask,
     InputNormalization,
+    LocalFlowPrior,
     MirrorAverage,
     MirrorStack,
     OutputScaling,
     PadToMultiple,
+    ScaleBy,
 )
 
 INPUT_CHANNELS = (
@@ -124,6 +131,13 @@ class GlacierUNet(keras.Model):
         log_inputs: names of inputs the network sees as logarithms (then ``input_offset`` and
             ``input_scale`` apply to the logarithm), e.g. ``["sliding_coefficient"]``, which
             spans orders of magnitude and enters the sliding speed as c^(-1/m).
+        prior: ``None`` (default), or the arguments of :class:`~.layers.LocalFlowPrior`
+            (``smoothing`` in cells and the physical constants ``rho_g``, ``glen_exponent``,
+            ``sliding_exponent``, ``rate_factor``): the network then also sees the local
+            shallow-ice + Weertman velocity estimate (two channels, in units of its RMS over the
+            glacier) and its output is multiplied by that RMS, i.e. it predicts the velocity in
+            units of the glacier's own shallow-ice speed (``velocity_scale`` then multiplies a
+            dimensionless number; use 1).
         **kwargs: passed to :class:`keras.Model` (``name``, ``dtype``, ...).
 
     Example:
@@ -150,6 +164,7 @@ class GlacierUNet(keras.Model):
         velocity_scale: float = 100.0,
         padding_mode: str = "symmetric",
         log_inputs: Sequence[str] = (),
+        prior: Optional[dict] = None,
         **kwargs,
     ):
         names = input_names(in_channels)
@@ -197,6 +212,10 @@ class GlacierUNet(keras.Model):
             raise ValueError(f"`log_inputs` must name input channels {names}. Received: {list(log_inputs)!r}")
         x = InputNormalization(scale=scale, offset=offset, name="input_normalization",
                                log_channels=[names.index(n) for n in log_inputs])(x)
+        prior = None if prior is None else dict(prior)
+        if prior is not None:
+            features, prior_scale = LocalFlowPrior(**prior, name="flow_prior")(stacked)
+            x = keras.layers.Concatenate(name="prior_concat")([x, features])
         x = PadToMultiple(2**depth, mode=padding_mode, name="pad")(x)
 
         def conv(y, width, name):
@@ -219,6 +238,8 @@ class GlacierUNet(keras.Model):
                 x = conv(x, filters * 2**level, f"up{level}_conv{block}")
         x = CropTo(2**depth, name="crop")([x, stacked])
         x = keras.layers.Conv2D(out_channels, 1, name="velocity_head")(x)
+        if prior is not None:
+            x = ScaleBy(name="prior_scaling")([x, prior_scale])
         x = MirrorAverage(
             mode=symmetrise, odd_x=list(range(half)), odd_y=list(range(half, out_channels)),
             name="mirror_average",
@@ -242,6 +263,7 @@ class GlacierUNet(keras.Model):
         self.velocity_scale = float(velocity_scale)
         self.padding_mode = padding_mode
         self.log_inputs = log_inputs
+        self.prior = prior
 
     @property
     def input_channel_names(self) -> tuple:
@@ -270,6 +292,7 @@ class GlacierUNet(keras.Model):
             "velocity_scale": self.velocity_scale,
             "padding_mode": self.padding_mode,
             **({"log_inputs": list(self.log_inputs)} if self.log_inputs else {}),
+            **({"prior": dict(self.prior)} if self.prior is not None else {}),
         }
 
     def constructor_arguments(self) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 GAUSS = (0.5 - 0.5 / math.sqrt(3.0), 0.5 + 0.5 / math.sqrt(3.0))
@@ -71,8 +72,6 @@ def node_gradient(field, *, dx: float, dy: float, periodic: bool = False):
 
     Used for the surface-slope input channels of the emulator and for diagnostics.
     """
-    import numpy as np
-
     field = np.asarray(field, dtype=float)
     if periodic:
         gx = (np.roll(field, -1, axis=-1) - np.roll(field, 1, axis=-1)) / (2 * dx)
@@ -80,3 +79,13 @@ def node_gradient(field, *, dx: float, dy: float, periodic: bool = False):
         return gx, gy
     gy, gx = np.gradient(field, dy, dx, axis=(-2, -1))
     return gx, gy
+
+
+def gaussian_kernel_1d(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian weights of standard deviation ``sigma`` (cells), radius 3 sigma."""
+    if sigma <= 0:
+        return np.ones(1)
+    radius = max(1, int(np.ceil(3.0 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    return w / w.sum()

@@ -7,7 +7,8 @@ which is JAX's ``HWIO``), so weights move between the two by layer name: ``down{
 forward passes agree.
 
 Supports the architecture options of the shipped models: ``symmetrise`` ``"none"`` or ``"x"``,
-``padding_mode="symmetric"``, linear or log-scaled inputs, ``gelu``/``relu``/``silu``.
+``padding_mode="symmetric"``, linear or log-scaled inputs, ``gelu``/``relu``/``silu``, and the
+local shallow-ice prior (``prior``, :class:`glacier_emulator.models.layers.LocalFlowPrior`).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def init_params(config: dict, key) -> dict:
     depth, blocks, f0 = int(config["depth"]), int(config["blocks_per_level"]), int(config["filters"])
     ks = int(config["kernel_size"])
     shapes = {}
-    cin = int(config["in_channels"])
+    cin = int(config["in_channels"]) + (2 if config.get("prior") else 0)
     for lv in range(depth):
         for b in range(blocks):
             shapes[f"down{lv}_conv{b}"] = (ks, ks, cin, f0 * 2**lv)
@@ -72,6 +73,31 @@ def _mirror_x(x, odd):
     return x[:, :, ::-1, :] * sign
 
 
+def local_flow_prior(raw, prior: dict):
+    """``LocalFlowPrior``: (features (B, ny, nx, 2), scale (B, 1, 1, 1)) of raw inputs."""
+    h = raw[..., :1]
+    ice = (h > 0).astype(raw.dtype)
+    stress = h * raw[..., 1:3]
+    from glacier_emulator.numerics.grid import gaussian_kernel_1d  # numpy only (tfstub suffices)
+
+    w = gaussian_kernel_1d(float(prior.get("smoothing", 2.0)))
+    if w.size > 1:
+        k = jnp.asarray(np.outer(w, w)[:, :, None, None] * np.ones((1, 1, 1, 2)), raw.dtype)
+        stress = jax.lax.conv_general_dilated(stress, k, (1, 1), "SAME", feature_group_count=2,
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    stress = stress * float(prior["rho_g"])
+    mag = jnp.sqrt(jnp.sum(stress**2, axis=-1, keepdims=True) + 1e-20)
+    c = jnp.maximum(raw[..., 3:4], 1e-6)
+    a = raw[..., 4:5] if raw.shape[-1] >= 5 else float(prior.get("rate_factor", 78.0))
+    n = float(prior.get("glen_exponent", 3.0))
+    speed = (2.0 * a / (n + 2.0) * mag**n * h
+             + (mag / c) ** (1.0 / float(prior.get("sliding_exponent", 1.0 / 3.0)))) * ice
+    count = jnp.maximum(jnp.sum(ice, axis=(1, 2, 3), keepdims=True), 1.0)
+    scale = jnp.sqrt(jnp.sum(speed**2, axis=(1, 2, 3), keepdims=True) / count)
+    scale = scale + float(prior.get("floor", 0.1))
+    return -stress / mag * speed / scale, scale
+
+
 def apply(params: dict, config: dict, x):
     """Velocity (m/yr) ``(B, ny, nx, out_channels)`` of inputs ``(B, ny, nx, in_channels)`` in
     physical units (the channel order of ``GlacierUNet``)."""
@@ -96,6 +122,11 @@ def apply(params: dict, config: dict, x):
         is_log = np.array([n in logs for n in names])
         x = jnp.where(is_log, jnp.log(jnp.maximum(x, 1e-6)), x)
     x = (x - offset) * (1.0 / scale)
+    prior = config.get("prior")
+    if prior:
+        raw_stacked = jnp.concatenate([raw, _mirror_x(raw, [1])], axis=0) if sym == "x" else raw
+        features, prior_scale = local_flow_prior(raw_stacked, prior)
+        x = jnp.concatenate([x, features], axis=-1)
     ny, nx = x.shape[1], x.shape[2]
     m = 2**depth
     py, px = (-ny) % m, (-nx) % m
@@ -117,6 +148,8 @@ def apply(params: dict, config: dict, x):
             x = _conv(x, params[f"up{lv}_conv{b}"], act)
     x = x[:, pad[1][0]: pad[1][0] + ny, pad[2][0]: pad[2][0] + nx, :]
     x = _conv(x, params["velocity_head"])
+    if prior:
+        x = x * prior_scale
     if sym == "x":
         a, b_ = jnp.split(x, 2, axis=0)
         x = 0.5 * (a + _mirror_x(b_, range(out_ch // 2)))
