@@ -508,10 +508,9 @@ class Emulator:
 
         The U-Net's last layer is a 1 x 1 convolution to u and v on the levels and everything
         after it (the prior's per-glacier scale, mirror averaging, output scaling, ice mask) is
-        linear, so contracting that
-        layer's kernel and bias with the depth-average weights of the levels gives a 2-channel
-        network whose output equals the trapezoidal depth average of this one's (to float32
-        round-off), with every other weight shared.
+        linear, so contracting that layer's kernel and bias with the depth-average weights of the
+        levels gives a 2-channel network whose output equals the trapezoidal depth average of this
+        one's (to float32 round-off), with every other weight shared.
 
         Args:
             name: the new model's name (default: this name with ``-ubar``).
