@@ -153,11 +153,16 @@ def ubar_errors(pred, target, thickness, weights):
 
 
 def parse_models(text: str) -> dict:
-    """``NAME:filters=16,init=1,lr=3e-4;NAME2:filters=24,lr=1e-3`` -> model specs."""
+    """``NAME:filters=16,init=1,lr=3e-4;NAME2:filters=24,lr=1e-3,prior=2`` -> model specs.
+
+    ``prior=S`` (a model trained from scratch) adds the local shallow-ice prior with smoothing S
+    cells (``GlacierUNet(prior=...)``, output in units of its scale); ``init=1`` models keep the
+    architecture of the ``--init`` weights, prior included.
+    """
     models = {}
     for part in filter(None, text.split(";")):
         name, _, opts = part.partition(":")
-        spec = dict(filters=16, init=0, lr=1e-3)
+        spec = dict(filters=16, init=0, lr=1e-3, prior=-1.0)
         for kv in filter(None, opts.split(",")):
             k, _, v = kv.partition("=")
             spec[k] = type(spec.get(k, 0.0))(float(v)) if k in spec else v
@@ -258,6 +263,11 @@ def main(argv=None):
     key = jax.random.PRNGKey(args.seed)
     for name, spec in models.items():
         cfg = dict(base, filters=int(spec["filters"]))
+        if spec["prior"] >= 0 and not spec["init"]:
+            p = DEFAULT_PHYSICS
+            cfg.update(velocity_scale=1.0, prior=dict(
+                smoothing=float(spec["prior"]), rho_g=p.rho_g, glen_exponent=p.glen_exponent,
+                sliding_exponent=p.sliding_exponent, rate_factor=p.rate_factor))
         configs[name] = cfg
         if spec["init"]:
             if int(spec["filters"]) != int(base["filters"]):
