@@ -84,9 +84,11 @@ def test_card_accuracy_on_a_held_out_glacier_is_reproduced(name):
     assert err < 2 * held["rel_l2_ubar"]["p90"]
 
 
-def test_depth_averaged_model_is_the_contracted_3d_model():
-    """ubar-default is documented as velocity3d-default with its output layer contracted."""
-    flat, full = Emulator.pretrained("ubar-default"), Emulator.pretrained("velocity3d-default")
+@pytest.mark.parametrize("flat_name,full_name", [("ubar-default", "velocity3d-default"),
+                                                 ("ubar-prior", "velocity3d-prior")])
+def test_depth_averaged_model_is_the_contracted_3d_model(flat_name, full_name):
+    """Each ubar-* model is documented as its velocity3d-* model with the output layer contracted."""
+    flat, full = Emulator.pretrained(flat_name), Emulator.pretrained(full_name)
     geometry = read_geometry(DATA / "reference_input.nc")
     a, b = flat.predict_geometry(geometry), full.predict_geometry(geometry)
     scale = float(np.max(np.abs(b.ubar)))
