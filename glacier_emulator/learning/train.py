@@ -351,10 +351,10 @@ def prior_arguments(prior, physics: Physics) -> Optional[dict]:
     """
     if prior is None or prior is False:
         return None
+    from ..physics.sia import local_flow_constants
+
     prior = {} if prior is True else dict(prior)
-    defaults = dict(rho_g=physics.rho_g, glen_exponent=physics.glen_exponent,
-                    sliding_exponent=physics.sliding_exponent, rate_factor=physics.rate_factor)
-    return {**defaults, **prior}
+    return {**local_flow_constants(physics), **prior}
 
 
 def _architecture(config: TrainConfig, data: TrainingData, initial=None,

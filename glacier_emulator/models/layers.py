@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ..constants import DEFAULT_PHYSICS
 from ..numerics.grid import gaussian_kernel_1d
 
 PACKAGE = "glacier_emulator"
@@ -430,12 +431,15 @@ class LocalFlowPrior(keras.layers.Layer):
         glen_exponent: n.
         sliding_exponent: m of the Weertman law.
         rate_factor: A (MPa^-3 yr^-1) used when the input has no rate-factor channel.
+        (The physical constants default to the package's physics:
+        ``glacier_emulator.physics.sia.local_flow_constants``.)
         floor: added to the scale (m/yr), so ice with no driving stress gives a finite result.
     """
 
-    def __init__(self, smoothing: float = 2.0, rho_g: float = 910.0 * 9.81 * 1e-6,
-                 glen_exponent: float = 3.0, sliding_exponent: float = 1.0 / 3.0,
-                 rate_factor: float = 78.0, floor: float = 0.1, **kwargs):
+    def __init__(self, smoothing: float = 2.0, rho_g: float = DEFAULT_PHYSICS.rho_g,
+                 glen_exponent: float = DEFAULT_PHYSICS.glen_exponent,
+                 sliding_exponent: float = DEFAULT_PHYSICS.sliding_exponent,
+                 rate_factor: float = DEFAULT_PHYSICS.rate_factor, floor: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         values = dict(smoothing=smoothing, rho_g=rho_g, glen_exponent=glen_exponent,
                       sliding_exponent=sliding_exponent, rate_factor=rate_factor, floor=floor)

@@ -72,6 +72,14 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
+def local_flow_constants(physics: Physics = DEFAULT_PHYSICS) -> dict:
+    """The constants of the local shallow-ice + Weertman velocity estimate that the U-Net's prior
+    (``glacier_emulator.models.layers.LocalFlowPrior``) computes: rho g (MPa/m), Glen's n, the
+    Weertman m and the rate factor A used when the model has no rate-factor input."""
+    return dict(rho_g=physics.rho_g, glen_exponent=physics.glen_exponent,
+                sliding_exponent=physics.sliding_exponent, rate_factor=physics.rate_factor)
+
+
 def deformation_factor(*, rate_factor, physics: Physics = DEFAULT_PHYSICS):
     r"""The SIA deformation factor :math:`\Gamma = 2A(\rho g)^n / (n+2)` in m^-n yr^-1.
 

@@ -42,6 +42,7 @@ import bp_jax  # noqa: E402
 import unet_jax  # noqa: E402
 from glacier_emulator.constants import DEFAULT_PHYSICS, DEFAULT_VERTICAL  # noqa: E402
 from glacier_emulator.learning.synthetic import SyntheticConfig, sample_geometry  # noqa: E402
+from glacier_emulator.physics.sia import local_flow_constants  # noqa: E402
 
 T0 = time.time()
 # training/default_physics.yaml: glaciers as a run without slidingco/arrhenius fields sees them
@@ -264,10 +265,8 @@ def main(argv=None):
     for name, spec in models.items():
         cfg = dict(base, filters=int(spec["filters"]))
         if spec["prior"] >= 0 and not spec["init"]:
-            p = DEFAULT_PHYSICS
             cfg.update(velocity_scale=1.0, prior=dict(
-                smoothing=float(spec["prior"]), rho_g=p.rho_g, glen_exponent=p.glen_exponent,
-                sliding_exponent=p.sliding_exponent, rate_factor=p.rate_factor))
+                local_flow_constants(DEFAULT_PHYSICS), smoothing=float(spec["prior"])))
         configs[name] = cfg
         if spec["init"]:
             if int(spec["filters"]) != int(base["filters"]):
