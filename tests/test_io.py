@@ -209,6 +209,25 @@ def test_not_netcdf_truncated_and_missing_files(tmp_path):
         assert str(path) in str(info.value)
 
 
+
+@pytest.mark.parametrize("fmt", ["NETCDF3_CLASSIC", "NETCDF3_64BIT"])
+def test_truncated_netcdf3_file_is_refused_at_any_cut(tmp_path, fmt):
+    # The NetCDF library reads the missing end of a NetCDF-3 file as zeros without an error;
+    # a file cut anywhere (last bytes of the last variable included) must be refused by name.
+    whole = tmp_path / "whole.nc"
+    xr.Dataset({"thk": (("y", "x"), THK, {"units": "m"}), "topg": (("y", "x"), BED, {"units": "m"})},
+               coords={"x": ("x", X, {"units": "m"}), "y": ("y", Y, {"units": "m"})}
+               ).to_netcdf(whole, format=fmt)
+    read_geometry(whole)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.nc"
+    for removed in (1, 7, 8, 64, len(data) // 2):
+        cut.write_bytes(data[:-removed])
+        with pytest.raises(InputError, match="truncated NetCDF-3 file") as info:
+            read_geometry(cut)
+        assert str(cut) in str(info.value)
+
+
 # ---------------------------------------------------------------------------- safe writing
 def test_safe_write_leaves_nothing_on_failure_and_keeps_old_file(tmp_path, monkeypatch):
     target = tmp_path / "out.nc"

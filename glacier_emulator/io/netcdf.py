@@ -46,7 +46,9 @@ thickness); else surface and bed (thickness = max(surface - bed, 0)).
 from __future__ import annotations
 
 import datetime
+import gc
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -236,11 +238,40 @@ def _open(path: Path) -> xr.Dataset:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a NetCDF file")
+    _check_classic_file_complete(path)
     try:
         return xr.open_dataset(path, engine="netcdf4", decode_times=False, decode_timedelta=False)
     except _READ_ERRORS as exc:
         raise InputError(f"{path}: not a readable NetCDF file (truncated or another format?): "
                          f"{exc}") from exc
+
+
+def _check_classic_file_complete(path: Path) -> None:
+    """Refuse a truncated NetCDF-3 (classic or 64-bit offset) file.
+
+    The NetCDF library reads the missing end of such a file as zeros without an error, so a
+    file cut short by a failed copy would give a glacier with zero thickness or a broken grid.
+    SciPy's NetCDF-3 reader maps every variable onto the file and fails when one extends past
+    its end (checked for every cut length in the tests).
+    """
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic not in (b"CDF\x01", b"CDF\x02"):
+        return
+    from scipy.io import netcdf_file
+    problem = None
+    try:
+        with netcdf_file(path, "r", mmap=True):
+            pass
+    except (ValueError, TypeError, IndexError, OSError) as exc:
+        problem = str(exc)
+    if problem is not None:
+        # the half-built reader warns when collected (its map still has views): collect it here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            gc.collect()
+        raise InputError(f"{path}: truncated NetCDF-3 file (its variables extend past the end of "
+                         f"the file, {path.stat().st_size} bytes): {problem}")
 
 
 def _resolve(ds: xr.Dataset, label: str, requested: dict) -> dict[str, str]:
