@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,18 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from glacier_emulator.provenance import describe_machine, load_average, machine_info
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict:
-    info = dict(platform=platform.platform(), python=platform.python_version(), cpu_count=os.cpu_count(),
-                load_average_start=[round(v, 2) for v in os.getloadavg()])
-    try:
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        info["cpu_model"] = names[0] if names else None
-    except OSError:
-        pass
-    return info
 
 
 def versus_solver(emulator, size: int, count: int, seed: int, repeats: int, log) -> dict:
@@ -153,8 +142,7 @@ def markdown(report: dict) -> str:
     hw = report["hardware"]
     lines = [
         "# Emulator against the converged solver, and against the hardware", "",
-        f"Date: {report['date']}. Machine: {m.get('cpu_model')}, {m['cpu_count']} CPUs, {m['platform']}; "
-        f"load averages {m['load_average_start']} at the start, {m.get('load_average_end')} at the end. "
+        f"Date: {report['date']}. Machine: {describe_machine(m)}. "
         f"TensorFlow {report['tensorflow']}, GPU: {report['gpus'] or 'none'}.", "",
         f"Model: `{report['model']}` ({report['parameters']} parameters). Command: `{report['command']}`.", "",
         "## 1. Emulator vs converged solve (held-out synthetic glaciers, seed "
@@ -214,7 +202,7 @@ def main(argv=None) -> int:
     emulator = Emulator.load(args.model) if args.model else Emulator.pretrained()
     counts = args.glaciers if len(args.glaciers) == len(args.sizes) else [args.glaciers[0]] * len(args.sizes)
     report = dict(
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine(),
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine_info(),
         tensorflow=tf.__version__, keras=keras.__version__,
         gpus=[d.name for d in tf.config.list_physical_devices("GPU")],
         model=args.model or f"shipped default ({emulator.metadata.name})",
@@ -230,7 +218,7 @@ def main(argv=None) -> int:
     for size, count in zip(args.sizes, counts):
         log(f"emulator vs solver at {size}^2 ({count} glaciers) ...")
         report["versus_solver"].append(versus_solver(emulator, size, count, args.seed, args.repeats, log))
-    report["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    report["machine"]["load_average_end"] = load_average()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "emulator.json").write_text(json.dumps(report, indent=2) + "\n")

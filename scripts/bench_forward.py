@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from glacier_emulator.fields import relative_l2
+from glacier_emulator.provenance import describe_machine, load_average, machine_info
 
 CHECK_YEARS = (2010.0, 2030.0, 2050.0)
 
@@ -157,6 +157,7 @@ def main():
     parser.add_argument("--years", type=float, default=50.0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
+    machine = machine_info()
 
     import xarray as xr
 
@@ -206,13 +207,13 @@ def main():
               for theirs in ("igm_unified", "igm_solved") if ours in results and theirs in results]
     for ours, theirs in ratios:
         results[ours][f"speedup_vs_{theirs}"] = results[theirs]["wall_s"] / results[ours]["wall_s"]
-    machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version())
+    machine["load_average_end"] = load_average()
     meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine,
                 command="python scripts/bench_forward.py " + " ".join(sys.argv[1:]),
                 repeats=args.repeats, results=results)
     (out / "forward.json").write_text(json.dumps(meta, indent=2))
     lines = ["# Forward runs: IGM side-by-side case (100 x 100 at 100 m, 50 years, ELA SMB)", "",
-             f"{meta['date']}, {machine['platform']}, {machine['cpu_count']} CPUs; wall time of the "
+             f"{meta['date']}, {describe_machine(machine)}; wall time of the "
              f"run after a warm-up velocity call, median of {args.repeats} (solver-driven run: "
              f"{args.solver_repeats}).", "",
              "| provider | wall (s) | steps | relL2 |ubar| 2010 / 2030 / 2050 vs solver | thickness RMS diff 2050 (m) | volume 2050 (km3) |",

@@ -32,12 +32,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from glacier_emulator.provenance import describe_machine, load_average, machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -106,43 +107,12 @@ def child(args: argparse.Namespace) -> dict:
     return result
 
 
-def _load():
-    """1, 5 and 15-minute load averages (other work on the machine skews the timings)."""
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def machine() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average_end": _load(),
-    }
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        info["cpu_model"] = names[0] if names else None
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo") as handle:
-            info["memory_gib"] = round(int(handle.readline().split()[1]) / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return info
-
-
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
         "# Emulator inference cost",
         "",
-        f"Date: {report['date']}. Machine: {m.get('cpu_model') or m['processor']}, "
-        f"{m['cpus_usable']} usable of {m['cpu_count']} CPUs, {m.get('memory_gib', '?')} GiB, "
-        f"{m['platform']}; load averages (1, 5, 15 min) {m.get('load_average_start')} at the start, "
-        f"{m.get('load_average_end')} at the end; "
+        f"Date: {report['date']}. Machine: {describe_machine(m)}; "
         f"TensorFlow {report['tensorflow']}, Keras {report['keras']}, GPU: {report['gpus'] or 'none'}.",
         "",
         f"Model: GlacierUNet filters={report['model']['filters']}, depth={report['model']['depth']} "
@@ -171,7 +141,7 @@ def parent(args: argparse.Namespace) -> dict:
     import keras
     import tensorflow as tf
 
-    load_start = _load()
+    machine = machine_info()
     cases = []
     for symmetrise in args.symmetrise:
         for size in args.sizes:
@@ -198,7 +168,7 @@ def parent(args: argparse.Namespace) -> dict:
     return {
         "description": "Inference cost of the GlacierUNet emulator with random weights (cost only).",
         "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
-        "machine": dict(machine(), load_average_start=load_start),
+        "machine": dict(machine, load_average_end=load_average()),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from glacier_emulator.provenance import describe_machine, load_average, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "ismip_hom"
@@ -43,6 +43,7 @@ def main():
     parser.add_argument("--reference-cd", help="CSV experiment,length_km,n,mean,std for C and D")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
+    machine = machine_info()
 
     from glacier_emulator.verification.ismip_hom import load_reference, run_experiment
 
@@ -71,14 +72,14 @@ def main():
                 row["rms_vs_mean_curve_rel"] = float(np.sqrt(np.nanmean((ours - curve) ** 2)) / np.nanmax(curve))
             rows.append(row)
             print(json.dumps(row), flush=True)
-    machine = dict(platform=platform.platform(), cpu_count=os.cpu_count())
+    machine["load_average_end"] = load_average()
     meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine,
                 resolution=args.resolution, rows=rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ismip_hom.json").write_text(json.dumps(meta, indent=2))
     lines = ["# ISMIP-HOM with the reference solver", "",
-             f"{meta['date']}, {machine['platform']}, {machine['cpu_count']} CPUs; "
+             f"{meta['date']}, {describe_machine(machine)}; "
              f"{args.resolution} x {args.resolution} nodes, 10 levels, tolerance 1e-9.", "",
              "| exp | L (km) | max surface speed (m/yr) | LMLa mean +- std (n) | within 2 std | RMS vs mean curve | iterations | wall (s) |",
              "|---|---|---|---|---|---|---|---|"]

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
+
+from glacier_emulator.provenance import describe_machine, load_average, machine_info
 
 
 def main():
@@ -28,6 +28,7 @@ def main():
     parser.add_argument("--domain", type=float, default=10000.0, help="domain side (m), default 10 km")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
+    machine = machine_info()
 
     import numpy as np
 
@@ -58,8 +59,7 @@ def main():
         )
         rows.append(row)
         print(json.dumps(row), flush=True)
-    machine = dict(platform=platform.platform(), processor=platform.processor(),
-                   cpu_count=os.cpu_count(), python=platform.python_version())
+    machine["load_average_end"] = load_average()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine,
@@ -69,7 +69,7 @@ def main():
                 repeats=args.repeats, tolerance=args.tolerance, rows=rows)
     (out / "solver.json").write_text(json.dumps(meta, indent=2))
     lines = [f"# Reference solver: time to tolerance {args.tolerance:g}", "",
-             f"{meta['date']}, {machine['platform']}, {machine['cpu_count']} CPUs; median of "
+             f"{meta['date']}, {describe_machine(machine)}; median of "
              f"{args.repeats} solves from rest ({args.repeats_large} above 128^2) after a two-iteration "
              "warm-up solve that compiles the energy (its time is the last column).", "",
              "| grid | dx (m) | unknowns | iterations (fine) | coarse levels (grid:iterations) | wall (s) | s/iteration | warm-up (s) |",

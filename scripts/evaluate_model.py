@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections import defaultdict
@@ -24,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from glacier_emulator.provenance import describe_machine, machine_info
 
 
 def evaluate(model_path, files):
@@ -139,7 +139,7 @@ def main():
         inference_s_median=float(np.median([r["inference_s"] for r in rows])) if rows else None,
         per_file=[{k: v for k, v in r.items() if k != "inference_s"} for r in rows],
         extra={},
-        machine=dict(platform=platform.platform(), cpu_count=os.cpu_count()),
+        machine=machine_info(),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     extra_rows = {}
@@ -178,7 +178,7 @@ def main():
                   "## Held-out accuracy (against the converged reference solver)", "",
                   f"{len(rows)} glaciers never used for training or model selection "
                   f"({', '.join(args.test)}, first {args.skip} files left out); measured {accuracy['date']} "
-                  f"on {accuracy['machine']['platform']} ({accuracy['machine']['cpu_count']} CPUs).", "",
+                  f"on {describe_machine(accuracy['machine'])}.", "",
                   "| glaciers | n | rel. L2 ubar median | p90 | rel. L2 surface median | p90 | shallow-ice ubar median |",
                   "|---|---|---|---|---|---|---|"]
 

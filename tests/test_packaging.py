@@ -39,3 +39,20 @@ def test_wheel_has_every_shipped_model(wheel):
         assert f"glacier_emulator/pretrained/{Path(name).with_suffix('.md')}" in wheel
         size = wheel[f"glacier_emulator/pretrained/{name}"]
         assert 0 < size <= 50 * 2**20, (name, size)
+
+
+def test_machine_record_of_benchmarks():
+    # every benchmark and model card stores this record next to its timings
+    import os
+
+    from glacier_emulator.provenance import describe_machine, load_average, machine_info
+
+    m = machine_info()
+    assert m["cpu_count"] == os.cpu_count() and 1 <= m["cpus_usable"] <= m["cpu_count"]
+    assert m["platform"] and m["python"]
+    m["load_average_end"] = load_average()
+    line = describe_machine(m)
+    assert f"{m['cpu_count']} CPUs" in line and m["platform"] in line
+    if m["load_average_start"] is not None:
+        assert str(m["load_average_start"]) in line and "at the end" in line
+    assert "GiB" not in describe_machine(dict(m, memory_gib=None))
