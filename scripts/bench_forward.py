@@ -56,7 +56,6 @@ def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
     from glacier_emulator.constants import Physics
     from glacier_emulator.data import example_config, load_example_geometry
     from glacier_emulator.dynamics.providers import make_provider
-    from glacier_emulator.dynamics.smb import smb_from_config
     from glacier_emulator.dynamics.stepper import Stepper
 
     config = example_config()
@@ -80,8 +79,7 @@ def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
         provider = CountingSolver(provider)
     else:
         provider.velocity(geometry)  # warm-up: compilation is not part of the run
-    stepper = Stepper(geometry, provider, smb_from_config(config.smb), cfl=config.cfl,
-                      dt_max=config.dt_max, start_time=config.start_time)
+    stepper = Stepper.from_config(geometry, provider, config)
     t0 = time.perf_counter()
     ds = stepper.run_until_and_store(config.start_time + years, every=config.save_every)
     wall = time.perf_counter() - t0

@@ -1,4 +1,5 @@
 """The time stepper: convergence, Halfar's dome, the mass budget, restart, SMB models, settings."""
+import dataclasses
 import math
 import warnings
 
@@ -120,6 +121,30 @@ def test_mass_budget_closes_over_100_years_with_smb():
     np.testing.assert_allclose(recomputed, ds.budget_residual.values, atol=1e-9 * throughput)
     assert ds.clipped_volume.values[-1] > 0  # ablation on ice-free ground is clipped away
     np.testing.assert_array_equal(ds.year.values, [2000, 2025, 2050, 2075, 2100])
+
+
+
+def test_stepper_from_run_config_takes_every_setting():
+    # the CLI, the forward benchmark and the pretrained forward test all build their stepper so
+    config = RunConfig(start_time=1990.0, cfl=0.2, dt_max=0.5, velocity_every=3, limiter=True,
+                       smb=0.5)
+    g = coarse_example()
+    s = Stepper.from_config(g, SIAProvider(), config)
+    assert (s.t, s.cfl, s.dt_max, s.velocity_every, s.limiter) == (1990.0, 0.2, 0.5, 3, True)
+    assert config.stepper_settings() == dict(cfl=0.2, dt_max=0.5, velocity_every=3, limiter=True)
+    np.testing.assert_allclose(s.smb_model.smb(g, 1990.0), 0.5)
+    # an explicit SMB overrides the config's; "input" or none: the geometry's own field
+    assert isinstance(Stepper.from_config(g, SIAProvider(), config, smb=ELASMB(IGM_TABLE)).smb_model, ELASMB)
+    field = np.full(g.shape, -0.25)
+    for spec in ("input", None):
+        s = Stepper.from_config(g.replace(smb=field), SIAProvider(), config.replace(smb=spec) if spec
+                                else dataclasses.replace(config, smb=None))
+        np.testing.assert_allclose(s.smb_model.smb(g, 1990.0), -0.25)
+    with pytest.raises(InputError, match="edge"):
+        edge = g.thickness.copy()
+        edge[:, 0] = 10.0
+        Stepper.from_config(g.replace(thickness=edge), SIAProvider(),
+                            dataclasses.replace(config, check_domain_edges=True))
 
 
 def test_restart_repeats_the_uninterrupted_run(tmp_path):

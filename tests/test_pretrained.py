@@ -122,14 +122,12 @@ def test_forward_model_drives_the_example_glacier_for_50_years(name):
     from glacier_emulator.constants import Physics
     from glacier_emulator.data import example_config, load_example_geometry
     from glacier_emulator.dynamics.providers import make_provider
-    from glacier_emulator.dynamics.smb import smb_from_config
     from glacier_emulator.dynamics.stepper import Stepper
 
     config = example_config()
     geometry = load_example_geometry()
     provider = make_provider("emulator", Physics(), emulator=Emulator.pretrained(name))
-    stepper = Stepper(geometry, provider, smb_from_config(config.smb), cfl=config.cfl,
-                      dt_max=config.dt_max, start_time=config.start_time)
+    stepper = Stepper.from_config(geometry, provider, config)
     h0 = float(geometry.thickness.max())
     for year in range(10, 51, 10):
         stepper.run_until(config.start_time + year)  # raises InputError on implausible slopes

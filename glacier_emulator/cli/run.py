@@ -264,21 +264,19 @@ def run(args: argparse.Namespace) -> int:
     provider = resolve_provider(config, physics, args, note=note)
     config = config.replace(velocity=getattr(provider, "name", None))  # what a restart reuses
     stored = {"run_config": json.dumps(config.to_dict()), "physics": json.dumps(physics.to_dict())}
-    settings = dict(cfl=config.cfl, dt_max=config.dt_max, velocity_every=config.velocity_every,
-                    limiter=config.limiter)
     previous = None
     if args.restart:
         # a fixed field (the input's) is recovered from the file by Stepper.from_output
         smb_model = None if config.smb in (None, "input") else resolve_smb(config, None, note=note)
-        stepper = Stepper.from_output(args.restart, provider, smb_model, **settings)
+        stepper = Stepper.from_output(args.restart, provider, smb_model,
+                                      **config.stepper_settings())
         with xr.open_dataset(args.restart,
                              decode_times=xr.coders.CFDatetimeCoder(use_cftime=True)) as ds:
             previous = ds.load()
         previous = previous.isel(time=previous["year"].values < stepper.t - 1e-9)
     else:
         smb_model = resolve_smb(config, geometry, note=note)
-        stepper = Stepper(geometry, provider, smb_model, start_time=config.start_time,
-                          check_domain_edges=config.check_domain_edges, **settings)
+        stepper = Stepper.from_config(geometry, provider, config, smb=smb_model)
     start = stepper.t
     end = start + float(config.years)
 

@@ -221,6 +221,11 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def stepper_settings(self) -> dict:
+        """The numerical settings a :class:`Stepper` takes (also when continuing a run)."""
+        return dict(cfl=float(self.cfl), dt_max=float(self.dt_max),
+                    velocity_every=int(self.velocity_every), limiter=bool(self.limiter))
+
     def replace(self, **changes) -> "RunConfig":
         """A copy with the given settings changed; ``None`` values are ignored (unset flags)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -644,6 +649,27 @@ class Stepper:
             if on_save is not None:
                 on_save(self.to_dataset(records))
         return self.to_dataset(records)
+
+    @classmethod
+    def from_config(cls, geometry: Geometry, provider: VelocityProvider, config: RunConfig,
+                    smb: SMBLike = None) -> "Stepper":
+        """A stepper with a :class:`RunConfig`'s settings: start time, time stepping
+        (:meth:`RunConfig.stepper_settings`) and the domain-edge check.
+
+        ``smb`` (a model, field, number or mapping) overrides ``config.smb``; with neither, or
+        with ``config.smb == "input"``, the geometry's own SMB field is used (if any).
+
+        Example:
+            >>> from glacier_emulator.data import example_config, example_geometry
+            >>> from glacier_emulator.dynamics import SIAProvider
+            >>> s = Stepper.from_config(example_geometry(), SIAProvider(), example_config())
+            >>> s.t, s.cfl, type(s.smb_model).__name__
+            (2000.0, 0.3, 'ELASMB')
+        """
+        if smb is None and config.smb != "input":
+            smb = config.smb
+        return cls(geometry, provider, smb, start_time=float(config.start_time),
+                   check_domain_edges=bool(config.check_domain_edges), **config.stepper_settings())
 
     # ---------------------------------------------------------------- restart
     @classmethod
