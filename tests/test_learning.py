@@ -29,12 +29,13 @@ from glacier_emulator.learning.data import (
     element,
     load_data,
     make_dataset_fn,
+    scale_speed,
     transform,
 )
 from glacier_emulator.learning.losses import label_levels, make_energy_fn, shape_function
 from glacier_emulator.learning.train import TrainConfig, prior_arguments, train
 from glacier_emulator.numerics.grid import node_gradient
-from glacier_emulator.numerics.solver import solve
+from glacier_emulator.numerics.solver import SolverConfig, solve
 
 MODEL = dict(in_channels=6, out_channels=8, filters=8, depth=2, symmetrise="none",
              input_scale=[500.0, 0.1, 0.1, 1.0, 100.0, 100.0], velocity_scale="auto")
@@ -177,6 +178,57 @@ def test_augmentation_preserves_the_energy(dataset):
     # the check has teeth: a rotation without turning the vectors changes the energy
     wrong = np.swapaxes(fields[::-1], 0, 1).copy()
     assert abs(e(wrong, spacing0[::-1]) / e0 - 1) > 0.1
+
+
+
+def test_speed_scaling_is_a_symmetry_of_the_equations(dataset):
+    """The glacier with rate factor mu A and sliding coefficient mu^-m c flows exactly mu times as
+    fast: the solver says so, the discrete energy of the scaled label is mu times the original,
+    and the stream's ``speed_scaling`` applies exactly that to the element it would have drawn."""
+    mu, m = 2.5, DEFAULT_PHYSICS.sliding_exponent
+    g = ice_cap(0)
+    vertical = VerticalDiscretisation(levels=4)
+    # a tight tolerance: at the default 1e-9 L-BFGS stops 2 % from the solution on this cap
+    tight = SolverConfig(tolerance=1e-12, max_iterations=5000)
+    a = solve(g, vertical=vertical, config=tight)
+    b = solve(g.replace(rate_factor=mu * g.rate_factor,
+                        sliding_coefficient=g.sliding_coefficient * mu ** -m),
+              vertical=vertical, config=tight)
+    assert a.converged and b.converged
+    ice = g.thickness > 0
+    for name in ("ubar", "vbar", "u_surface"):
+        ua, ub = getattr(a.velocity, name)[ice], getattr(b.velocity, name)[ice]
+        assert np.linalg.norm(ub - mu * ua) <= 1e-3 * np.linalg.norm(mu * ua), name
+    # the same on the discrete energy, through the training data's channels
+    data = load_data([dataset / "train" / "sample_00000.nc"])
+    fields = data.samples[0].fields
+    energy = make_energy_fn(physics=data.physics, vertical=data.vertical, batch_shares_spacing=True)
+
+    def e(f):
+        f = tf.constant(f[None])
+        u, v = label_levels(f, data.layout)
+        return float(energy(u, v, f, tf.constant([[100.0, 100.0]], tf.float32))[0])
+
+    scaled = scale_speed(fields, mu, layout=data.layout, sliding_exponent=m)
+    # (up to the regularisations of the strain rate and the basal speed, which do not scale)
+    assert e(scaled) == pytest.approx(mu * e(fields), rel=1e-3)
+    np.testing.assert_array_equal(scaled[..., [0, 1, 2, 5, 6]], fields[..., [0, 1, 2, 5, 6]])
+    # teeth: scaling the velocity alone is not a solution of the same energy's scaling
+    wrong = fields.copy()
+    wrong[..., 7:] *= mu
+    assert abs(e(wrong) / (mu * e(fields)) - 1) > 0.05
+    # the stream: same crop and mirrors as without scaling, then one factor in the range
+    data = load_data([dataset / "train"])
+    plain = StreamConfig(crop=(12, 12), seed=5)
+    for index in range(6):
+        f0, _ = element(data, index, plain)
+        f1, _ = element(data, index, StreamConfig(crop=(12, 12), seed=5, speed_scaling=(0.5, 2.0)))
+        factor = f1[..., 4].mean() / f0[..., 4].mean()
+        assert 0.5 <= factor <= 2.0
+        np.testing.assert_allclose(f1, scale_speed(f0, factor, layout=data.layout,
+                                                   sliding_exponent=m), rtol=1e-5)
+    with pytest.raises(ValueError, match="speed_scaling"):
+        TrainConfig(speed_scaling=[2.0, 1.0])
 
 
 def test_stream_is_a_function_of_seed_and_step(dataset):
@@ -475,6 +527,10 @@ def test_settings_errors(dataset, tmp_path):
     with pytest.raises(InputError, match="out_channels"):
         train([dataset / "train"], tmp_path / "m.keras",
               tiny_config(model=dict(MODEL, out_channels=10)))
+    with pytest.raises(ValueError, match="in_channels >= 5"):
+        train([dataset / "train"], tmp_path / "m.keras",
+              tiny_config(speed_scaling=[0.5, 2.0],
+                          model=dict(MODEL, in_channels=4, input_scale=[500.0, 0.1, 0.1, 1.0])))
 
 
 def rescaled_file(src, dst, factor: float):

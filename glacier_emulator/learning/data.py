@@ -49,6 +49,13 @@ Augmentation (the symmetries of the Blatter-Pattyn equations on a regular grid):
 
 Every transform maps a solution of the equations to the solution of the transformed glacier; the
 discrete energy is invariant too (tested).
+
+Optional speed scaling (``StreamConfig.speed_scaling``, :func:`scale_speed`): with Glen's law and
+Weertman sliding the Blatter-Pattyn energy obeys :math:`E(\mu \mathbf u; \mu A, \mu^{-m} c) =
+\mu E(\mathbf u; A, c)`, so the glacier with rate factor :math:`\mu A` and sliding coefficient
+:math:`\mu^{-m} c` flows at exactly :math:`\mu` times the speed. A random factor :math:`\mu`
+(log-uniform) applied to ``rate_factor``, ``sliding_coefficient`` and every velocity label is a
+further exact augmentation for models that see the rate factor as an input.
 """
 from __future__ import annotations
 
@@ -557,6 +564,23 @@ def transform(
     return out, (dx, dy)
 
 
+def scale_speed(fields: np.ndarray, factor: float, *, layout: Layout,
+                sliding_exponent: float) -> np.ndarray:
+    """The glacier that flows ``factor`` times as fast (see the module docstring).
+
+    Multiplies the rate factor by ``factor``, the sliding coefficient by
+    ``factor ** -sliding_exponent`` and every velocity label by ``factor``; a copy.
+    """
+    if not (np.isfinite(factor) and factor > 0):
+        raise ValueError(f"factor must be a positive number. Received: {factor!r}")
+    out = np.array(fields, dtype=np.float32, copy=True)
+    out[..., 4] *= factor
+    out[..., 3] *= factor ** (-float(sliding_exponent))
+    if layout.has_labels:
+        out[..., UBAR:] *= factor
+    return out
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """How training elements are drawn (see :func:`element`).
@@ -566,12 +590,17 @@ class StreamConfig:
         mirror: random mirrors in x and y.
         rotate: random 90-degree rotations (square crops only).
         seed: the stream's seed.
+        speed_scaling: ``(low, high)``: scale each element's speed by a log-uniform random factor
+            in this range (:func:`scale_speed`); None: off.
+        sliding_exponent: m of the Weertman law the labels obey (for ``speed_scaling``).
     """
 
     crop: Tuple[int, int]
     mirror: bool = True
     rotate: bool = True
     seed: int = 0
+    speed_scaling: Optional[Tuple[float, float]] = None
+    sliding_exponent: float = DEFAULT_PHYSICS.sliding_exponent
 
 
 def element(data: TrainingData, index: int, config: StreamConfig) -> Tuple[np.ndarray, np.ndarray]:
@@ -597,6 +626,11 @@ def element(data: TrainingData, index: int, config: StreamConfig) -> Tuple[np.nd
         flip_x=bool(config.mirror and flips[0]), flip_y=bool(config.mirror and flips[1]),
         rotations=turns if (config.rotate and cy == cx) else 0,
     )
+    if config.speed_scaling is not None:  # drawn last: the crops and mirrors stay as without it
+        low, high = (float(v) for v in config.speed_scaling)
+        factor = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+        fields = scale_speed(fields, factor, layout=data.layout,
+                             sliding_exponent=config.sliding_exponent)
     return fields, np.asarray(spacing, dtype=np.float32)
 
 

@@ -66,7 +66,8 @@ LOG_COLUMNS = (
 )
 MONITORS = ("auto", "val_loss", "val_rel_l2", "val_physics", "val_energy_gap")
 # settings that must not change when a run is resumed
-_RESUME_FIXED = ("mode", "batch_size", "crop_size", "mirror", "rotate", "validation_fraction",
+_RESUME_FIXED = ("mode", "batch_size", "crop_size", "mirror", "rotate", "speed_scaling",
+                 "validation_fraction",
                  "seed", "model", "init_from", "output_init_scale", "physics", "vertical", "loss",
                  "learning_rate", "schedule",
                  "warmup_steps", "decay_rate", "decay_steps", "final_learning_rate_fraction")
@@ -92,6 +93,11 @@ class TrainConfig:
         crop_size: training crop in nodes: None (the smallest grid of the data), an int (square)
             or ``[ny, nx]``; validation always uses whole grids.
         mirror, rotate: random mirrors and 90-degree rotations (square crops) of training samples.
+        speed_scaling: ``[low, high]`` or None: each training element is replaced by the glacier
+            that flows mu times as fast, mu log-uniform in the range (rate factor times mu,
+            sliding coefficient times mu^-m, velocities times mu: an exact symmetry of the
+            Blatter-Pattyn equations with Weertman sliding, ``learning.data.scale_speed``).
+            Needs the rate factor as a model input (``in_channels >= 5``).
         validation_fraction: share of the files held out (split by file, by ``seed``).
         validate_every: steps between validations (also at the last step).
         checkpoint_every: steps between checkpoints (also at the last step).
@@ -137,6 +143,7 @@ class TrainConfig:
     crop_size: Any = None
     mirror: bool = True
     rotate: bool = True
+    speed_scaling: Optional[List[float]] = None
     validation_fraction: float = 0.1
     validate_every: int = 100
     checkpoint_every: int = 500
@@ -194,6 +201,15 @@ class TrainConfig:
             raise ValueError(f"output_init_scale must be > 0. Received: {self.output_init_scale!r}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1). Received: {self.validation_fraction!r}")
+        if self.speed_scaling is not None:
+            bounds = self.speed_scaling
+            ok = (isinstance(bounds, (list, tuple)) and len(bounds) == 2
+                  and all(isinstance(b, (int, float)) and np.isfinite(b) for b in bounds)
+                  and 0 < bounds[0] <= bounds[1])
+            if not ok:
+                raise ValueError("speed_scaling must be [low, high] with 0 < low <= high. "
+                                 f"Received: speed_scaling={bounds!r}")
+            set_(self, "speed_scaling", [float(b) for b in bounds])
         if isinstance(self.crop_size, (list, tuple)):
             set_(self, "crop_size", [int(c) for c in self.crop_size])
         for name in ("model", "physics", "vertical", "loss"):
@@ -594,6 +610,9 @@ def train(
         train_data, val_data = data.split(validation_fraction=config.validation_fraction,
                                           seed=config.seed)
     crop = resolve_crop(train_data, config.crop_size)
+    if config.speed_scaling is not None and in_channels < 5:
+        raise ValueError(f"speed_scaling needs the rate factor as a model input (in_channels >= 5); "
+                         f"the model has in_channels={in_channels}")
     for note in data.notes:
         say(f"note: {note}")
     if data.skipped:
@@ -725,7 +744,8 @@ def train(
             dataset_fn = make_dataset_fn(
                 train_data, global_batch_size=global_batch,
                 stream=StreamConfig(crop=crop, mirror=config.mirror, rotate=config.rotate,
-                                    seed=config.seed),
+                                    seed=config.seed, speed_scaling=config.speed_scaling,
+                                    sliding_exponent=physics.sliding_exponent),
                 start_step=start, steps=end,
             )
             dist = strategy.distribute_datasets_from_function(dataset_fn)
