@@ -62,7 +62,8 @@ def describe_machine(machine: dict) -> str:
     if machine.get("memory_gib"):
         text += f", {machine['memory_gib']} GiB"
     text += f", {machine.get('platform', 'unknown platform')}"
-    start, end = machine.get("load_average_start"), machine.get("load_average_end")
-    if start or end:
-        text += f"; load averages (1, 5, 15 min) {start} at the start, {end} at the end"
+    loads = [f"{machine[key]} at the {when}" for key, when in
+             (("load_average_start", "start"), ("load_average_end", "end")) if machine.get(key)]
+    if loads:
+        text += "; load averages (1, 5, 15 min) " + ", ".join(loads)
     return text

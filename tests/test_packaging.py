@@ -56,3 +56,4 @@ def test_machine_record_of_benchmarks():
     if m["load_average_start"] is not None:
         assert str(m["load_average_start"]) in line and "at the end" in line
     assert "GiB" not in describe_machine(dict(m, memory_gib=None))
+    assert "None" not in describe_machine(dict(m, load_average_end=None))
