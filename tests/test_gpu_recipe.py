@@ -134,3 +134,24 @@ def test_augmentation_matches_package_transform(t):
     gx, gy = train_gpu.dihedral(jnp.asarray(x), jnp.asarray(y), t, nz)
     np.testing.assert_allclose(np.asarray(gx)[0], ref[..., :6], atol=1e-6)
     np.testing.assert_allclose(np.asarray(gy)[0], ref[..., 9:], atol=1e-6)
+
+
+def test_speed_scaling_matches_package():
+    """train_gpu.speed_scale is learning.data.scale_speed, glacier by glacier."""
+    import train_gpu
+
+    from glacier_emulator.learning.data import Layout, scale_speed
+
+    nz, n = 3, 5
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.1, 2.0, (2, n, n, 6)).astype("float32")
+    y = rng.standard_normal((2, n, n, 2 * nz)).astype("float32")
+    mu = np.array([0.5, 1.7], "float32")
+    m = DEFAULT_PHYSICS.sliding_exponent
+    gx, gy = train_gpu.speed_scale(jnp.asarray(x), jnp.asarray(y), jnp.asarray(mu), m)
+    layout = Layout(labels="levels", levels=nz)
+    for b in range(2):
+        fields = np.concatenate([x[b], np.zeros((n, n, 3), "float32"), y[b]], axis=-1)
+        ref = scale_speed(fields, float(mu[b]), layout=layout, sliding_exponent=m)
+        np.testing.assert_allclose(np.asarray(gx)[b], ref[..., :6], rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(gy)[b], ref[..., 9:], rtol=1e-6)

@@ -129,6 +129,15 @@ def dihedral(x, y, t: int, nz: int):
     return x, y
 
 
+def speed_scale(x, y, mu, sliding_exponent: float):
+    """The glaciers that flow ``mu`` (B,) times as fast (``learning.data.scale_speed``): rate
+    factor x mu, sliding coefficient x mu^-m, velocity levels x mu."""
+    mu = mu.reshape((-1, 1, 1, 1)).astype(x.dtype)
+    factors = jnp.concatenate([jnp.ones_like(mu), jnp.ones_like(mu), jnp.ones_like(mu),
+                               mu ** (-sliding_exponent), mu, jnp.ones_like(mu)], axis=-1)
+    return x * factors, y * mu
+
+
 def relative_loss(pred, target, thickness, floor: float = 1.0):
     """The package's ``"relative"`` supervised loss per glacier, on every level."""
     ice = (thickness > 0).astype(pred.dtype)[..., None]
@@ -188,6 +197,9 @@ def main(argv=None):
     p.add_argument("--init", default=os.path.join(HERE, "init.npz"),
                    help="weights (export_weights.py) that models with init=1 start from")
     p.add_argument("--train-batch", type=int, default=32)
+    p.add_argument("--speed-scaling", default="",
+                   help="LOW,HIGH: scale each training glacier's speed by a log-uniform factor in "
+                        "this range (TrainConfig.speed_scaling; the shipped CPU recipe: 0.5,2)")
     p.add_argument("--validate-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -280,6 +292,9 @@ def main(argv=None):
     xv_d, yv_d = jnp.asarray(xv), jnp.asarray(yv)
     weights = np.asarray(DEFAULT_VERTICAL.depth_average_weights, np.float32)
     n_train = xt_d.shape[0]
+    speed_range = tuple(float(v) for v in args.speed_scaling.split(",")) if args.speed_scaling else None
+    if speed_range is not None and not (len(speed_range) == 2 and 0 < speed_range[0] <= speed_range[1]):
+        raise SystemExit(f"--speed-scaling must be LOW,HIGH with 0 < LOW <= HIGH: {args.speed_scaling!r}")
     opt = {name: optax.inject_hyperparams(optax.adam)(learning_rate=0.0) for name in models}
     opt_state = {name: opt[name].init(params[name]) for name in models}
 
@@ -289,11 +304,15 @@ def main(argv=None):
 
     @jax.jit
     def step(all_params, states, lrs, key, xt_d, yt_d):
-        k1, k2 = jax.random.split(key)
+        k1, k2 = jax.random.split(key)  # as before speed scaling existed: same batches
         idx = jax.random.randint(k1, (args.train_batch,), 0, n_train)
         t = jax.random.randint(k2, (), 0, 8)
         x, y = xt_d[idx], yt_d[idx]
         x, y = jax.lax.switch(t, [lambda a, b, tt=tt: dihedral(a, b, tt, nz) for tt in range(8)], x, y)
+        if speed_range is not None:
+            log_mu = jax.random.uniform(jax.random.fold_in(key, 3), (args.train_batch,), minval=np.log(speed_range[0]),
+                                        maxval=np.log(speed_range[1]))
+            x, y = speed_scale(x, y, jnp.exp(log_mu), DEFAULT_PHYSICS.sliding_exponent)
         def total(ps):
             each = losses(ps, x, y)
             return sum(each.values()), each
