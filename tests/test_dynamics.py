@@ -301,6 +301,19 @@ def test_field_and_time_series_smb(tmp_path):
     np.testing.assert_allclose(fields.smb(g, 0.5), 0.5)
     with pytest.raises(ValueError, match="one per time"):
         TimeSeriesSMB([0.0, 1.0], [1.0, 2.0, 3.0])
+    # a truncated NetCDF-3 SMB file is refused by name (its missing end would read as zeros)
+    series_nc = tmp_path / "series.nc"
+    xr.Dataset({"smb": (("time", "y", "x"), np.ones((2, 3, 4)))},
+               coords={"time": [0.0, 10.0]}).to_netcdf(series_nc, format="NETCDF3_CLASSIC")
+    field_nc = tmp_path / "field.nc"
+    xr.Dataset({"smb": (("y", "x"), np.ones((3, 4)))}).to_netcdf(field_nc, format="NETCDF3_CLASSIC")
+    np.testing.assert_allclose(smb_from_config({"type": "field", "file": str(field_nc)}).smb(g, 0.0), 1.0)
+    for path, spec in ((series_nc, {"type": "timeseries", "file": str(series_nc)}),
+                       (field_nc, {"type": "field", "file": str(field_nc)})):
+        path.write_bytes(path.read_bytes()[:-8])
+        with pytest.raises(InputError, match="truncated NetCDF-3") as info:
+            smb_from_config(spec)
+        assert str(path) in str(info.value)
 
 
 def test_emulator_provider_accepts_any_object_with_predict_geometry():

@@ -264,6 +264,9 @@ class TimeSeriesSMB:
             return cls(np.atleast_1d(data["time"]), np.atleast_1d(data[value_name]), base=base)
         import xarray as xr
 
+        from ..io.netcdf import check_netcdf3_complete
+
+        check_netcdf3_complete(path)
         with xr.open_dataset(path, decode_times=False) as ds:
             if variable not in ds:
                 raise ValueError(f"{path}: no variable {variable!r}; found {sorted(ds.data_vars)}")
@@ -339,10 +342,13 @@ def smb_from_config(config) -> Optional[SurfaceMassBalance]:
         if "file" in cfg:
             import xarray as xr
 
+            from ..io.netcdf import check_netcdf3_complete
+
             path = os.fspath(cfg["file"])
             if not os.path.exists(path):
                 raise FileNotFoundError(f"SMB field file not found: {path}")
             variable = cfg.get("variable", "smb")
+            check_netcdf3_complete(path)
             with xr.open_dataset(path) as ds:
                 if variable not in ds:
                     raise ValueError(f"{path}: no variable {variable!r}; found {sorted(ds.data_vars)}")

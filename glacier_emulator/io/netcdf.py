@@ -238,7 +238,7 @@ def _open(path: Path) -> xr.Dataset:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a NetCDF file")
-    _check_classic_file_complete(path)
+    check_netcdf3_complete(path)
     try:
         return xr.open_dataset(path, engine="netcdf4", decode_times=False, decode_timedelta=False)
     except _READ_ERRORS as exc:
@@ -246,14 +246,18 @@ def _open(path: Path) -> xr.Dataset:
                          f"{exc}") from exc
 
 
-def _check_classic_file_complete(path: Path) -> None:
-    """Refuse a truncated NetCDF-3 (classic or 64-bit offset) file.
+def check_netcdf3_complete(path: Union[str, os.PathLike]) -> None:
+    """Refuse a truncated NetCDF-3 (classic or 64-bit offset) file with an :class:`InputError`
+    naming it; other files (NetCDF-4, anything else) pass untouched. Every reader of user files
+    calls it before opening one (geometry inputs here, SMB fields and series in
+    :mod:`glacier_emulator.dynamics.smb`).
 
     The NetCDF library reads the missing end of such a file as zeros without an error, so a
     file cut short by a failed copy would give a glacier with zero thickness or a broken grid.
     SciPy's NetCDF-3 reader maps every variable onto the file and fails when one extends past
     its end (checked for every cut length in the tests).
     """
+    path = Path(path)
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic not in (b"CDF\x01", b"CDF\x02"):
