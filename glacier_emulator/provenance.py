@@ -56,9 +56,8 @@ def describe_machine(machine: dict) -> str:
     """One line for a report: CPU, CPUs usable, memory, platform, and the load if recorded."""
     cpus = machine.get("cpu_count")
     usable = machine.get("cpus_usable", cpus)
-    text = (f"{machine.get('cpu_model') or machine.get('processor') or 'unknown CPU'}, "
-            f"{usable} usable of {cpus} CPUs" if usable != cpus else
-            f"{machine.get('cpu_model') or machine.get('processor') or 'unknown CPU'}, {cpus} CPUs")
+    name = machine.get("cpu_model") or machine.get("processor") or "unknown CPU"
+    text = f"{name}, {cpus} CPUs" if usable == cpus else f"{name}, {usable} usable of {cpus} CPUs"
     if machine.get("memory_gib"):
         text += f", {machine['memory_gib']} GiB"
     text += f", {machine.get('platform', 'unknown platform')}"

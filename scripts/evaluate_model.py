@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glacier_emulator.provenance import describe_machine, machine_info
+from glacier_emulator.provenance import describe_machine, load_average, machine_info
 
 
 def evaluate(model_path, files):
@@ -120,6 +120,7 @@ def main():
     parser.add_argument("--notes", help="a markdown file appended to the card (recipe, targets, caveats)")
     parser.add_argument("--no-update", action="store_true", help="do not write the accuracy into the JSON")
     args = parser.parse_args()
+    machine = machine_info()  # before the evaluation: its load is the start's
 
     files = []
     for item in args.test:
@@ -139,7 +140,7 @@ def main():
         inference_s_median=float(np.median([r["inference_s"] for r in rows])) if rows else None,
         per_file=[{k: v for k, v in r.items() if k != "inference_s"} for r in rows],
         extra={},
-        machine=machine_info(),
+        machine=dict(machine, load_average_end=load_average()),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     extra_rows = {}
