@@ -538,6 +538,21 @@ class Emulator:
         fields["architecture"] = {**dict(self.metadata.architecture), "out_channels": 2}
         return Emulator(model, dataclasses.replace(self.metadata, **fields))
 
+    def with_symmetrise(self, symmetrise: str) -> "Emulator":
+        """This emulator with its network averaged over another set of grid symmetries.
+
+        ``"dihedral"`` (all eight rotations and mirrors of the grid, 8 network evaluations),
+        ``"xy"`` (both mirrors, 4), ``"x"`` (2) or ``"none"`` (1): the weights are the same
+        (:meth:`GlacierUNet.with_symmetrise`); fewer images are faster and, for a model trained
+        with mirrors and rotations, less accurate. The metadata's ``accuracy`` was measured with
+        the shipped mode (``accuracy["symmetrise"]``).
+        """
+        import dataclasses
+
+        model = self.model.with_symmetrise(symmetrise)
+        architecture = {**dict(self.metadata.architecture), "symmetrise": symmetrise}
+        return Emulator(model, dataclasses.replace(self.metadata, architecture=architecture))
+
     # ------------------------------------------------------------- properties
     @property
     def name(self) -> str:

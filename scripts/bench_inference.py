@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--symmetrise", nargs="+", default=["x"], choices=["none", "x", "xy"])
+    parser.add_argument("--symmetrise", nargs="+", default=["x"], choices=["none", "x", "xy", "dihedral"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--filters", type=int, default=32)
     parser.add_argument("--depth", type=int, default=4)

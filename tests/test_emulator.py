@@ -373,12 +373,39 @@ def test_cli_predict_with_model_file(saved, tiny, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "bad.nc" in err and "outside the range" in err
 
 
+def test_with_symmetrise_and_the_cli_option(saved, tiny, tmp_path):
+    """A transposed glacier gets the transposed velocity from the "dihedral" emulator (not from
+    the "x" one); the weights and metadata stay, and predict --symmetrise records the mode."""
+    g = glacier(n=21, ny=15, shift=150.0)
+    gt = Geometry(thickness=g.thickness.T, bed=g.bed.T, dx=g.dx)
+    dihedral = tiny.with_symmetrise("dihedral")
+    assert dihedral.model.symmetrise == "dihedral" and tiny.model.symmetrise == "x"
+    assert dihedral.metadata.architecture["symmetrise"] == "dihedral"
+    assert dihedral.name == tiny.name and dihedral.metadata.accuracy == tiny.metadata.accuracy
+    a, b = dihedral.predict_geometry(g), dihedral.predict_geometry(gt)
+    scale = np.abs(a.ubar).max()
+    np.testing.assert_allclose(b.vbar.T, a.ubar, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(b.ubar.T, a.vbar, rtol=0, atol=1e-5 * scale)
+    c, d = tiny.predict_geometry(g), tiny.predict_geometry(gt)
+    assert np.abs(d.vbar.T - c.ubar).max() > 1e-3 * scale
+    netcdf = pytest.importorskip("glacier_emulator.io.netcdf")
+    netcdf.write_geometry(g, tmp_path / "in.nc")
+    assert main(["predict", str(tmp_path / "in.nc"), "-o", str(tmp_path / "out.nc"), "--model", str(saved),
+                 "--symmetrise", "dihedral"]) == 0
+    import xarray as xr
+
+    with xr.open_dataset(tmp_path / "out.nc") as out:
+        np.testing.assert_allclose(out["ubar"].values, a.ubar, rtol=1e-6, atol=1e-6)
+        assert out.attrs["emulator_symmetrise"] == "dihedral"
+
+
 def test_cli_models_lists_installed(empty_registry, saved, capsys):
     for suffix in (".keras", ".json"):
         shutil.copy(saved.with_suffix(suffix), empty_registry / f"tiny{suffix}")
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "tiny" in out and "depth_averaged" in out and "50-500 m" in out and "relative_l2_ubar" in out
+    assert "symmetrise=x" in out
 
 
 # ------------------------------------------------------------------------------ training

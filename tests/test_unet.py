@@ -9,6 +9,7 @@ import pytest
 from glacier_emulator.models import (
     CropTo,
     GlacierUNet,
+    GridTranspose,
     IceMask,
     InputNormalization,
     LocalFlowPrior,
@@ -113,6 +114,98 @@ def test_mirror_xy_for_levels(tiny_levels):
     np.testing.assert_allclose(mirror_x(yx, u), y, rtol=0, atol=1e-5 * scale)
     yy = tiny_levels(mirror_y(x, [2])).numpy()
     np.testing.assert_allclose(mirror_y(yy, v), y, rtol=0, atol=1e-5 * scale)
+
+
+def transpose(a, pairs):
+    """The glacier with x and y swapped: grid transposed, the (x, y) component pairs exchanged."""
+    out = np.swapaxes(a, 1, 2).copy()
+    for i, j in pairs:
+        out[..., [i, j]] = out[..., [j, i]]
+    return out
+
+
+def rotate(a, pairs):
+    """Rotation by 90 degrees (as learning.data.transform): grid rotated, (x, y) -> (-y, x)."""
+    out = np.swapaxes(a[:, ::-1], 1, 2).copy()
+    for i, j in pairs:
+        out[..., [i, j]] = out[..., [j, i]]
+        out[..., i] *= -1
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dihedral():
+    keras.utils.set_random_seed(3)
+    return build_unet(in_channels=6, out_channels=8, filters=8, depth=2, symmetrise="dihedral",
+                      prior=dict(smoothing=1.0))
+
+
+def test_dihedral_model_commutes_with_all_eight_grid_symmetries(tiny_dihedral):
+    """Rotating or mirroring a glacier (non-square grid) rotates or mirrors its velocity."""
+    x = random_inputs((1, 21, 30), channels=6)
+    y = tiny_dihedral(x).numpy()
+    assert y.shape == (1, 21, 30, 8)
+    scale = np.abs(y).max()
+    uv = [(k, 4 + k) for k in range(4)]
+    xt = transpose(x, [(1, 2)])
+    yt = tiny_dihedral(xt).numpy()
+    assert yt.shape == (1, 30, 21, 8)
+    np.testing.assert_allclose(transpose(yt, uv), y, rtol=0, atol=1e-5 * scale)
+    xr, yr = x, y
+    for _ in range(3):
+        xr, yr = rotate(xr, [(1, 2)]), rotate(yr, uv)
+        np.testing.assert_allclose(tiny_dihedral(xr).numpy(), yr, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(tiny_dihedral(mirror_y(x, [2])).numpy(), mirror_y(y, [4, 5, 6, 7]),
+                               rtol=0, atol=1e-5 * scale)
+    # the "xy" network with the same weights is not transpose-equivariant: the test can fail
+    xy = tiny_dihedral.with_symmetrise("xy")
+    assert np.abs(transpose(xy(xt).numpy(), uv) - xy(x).numpy()).max() > 1e-3 * scale
+
+
+def test_with_symmetrise_keeps_the_weights_and_averages_the_images(tiny_dihedral):
+    x = random_inputs((1, 19, 19), channels=6)
+    none = tiny_dihedral.with_symmetrise("none")
+    assert [w.name for w in none.weights] == [w.name for w in tiny_dihedral.weights]
+    for a, b in zip(none.get_weights(), tiny_dihedral.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # "dihedral" is the mean of the un-symmetrised network over the 8 transformed glaciers
+    uv = [(k, 4 + k) for k in range(4)]
+    u_odd, v_odd = [0, 1, 2, 3], [4, 5, 6, 7]
+    images = []
+    for t in (False, True):
+        xt = transpose(x, [(1, 2)]) if t else x
+        for fx in (False, True):
+            for fy in (False, True):
+                xi = mirror_y(mirror_x(xt, [1]) if fx else xt, [2]) if fy else (mirror_x(xt, [1]) if fx else xt)
+                yi = none(xi).numpy()
+                yi = mirror_y(yi, v_odd) if fy else yi
+                yi = mirror_x(yi, u_odd) if fx else yi
+                images.append(transpose(yi, uv) if t else yi)
+    mean = np.mean(images, axis=0) * (x[..., :1] > 0)
+    y = tiny_dihedral(x).numpy()
+    np.testing.assert_allclose(y, mean, rtol=0, atol=1e-5 * np.abs(y).max())
+    with pytest.raises(ValueError, match="symmetrise"):
+        tiny_dihedral.with_symmetrise("rotations")
+
+
+def test_dihedral_model_round_trips_through_a_keras_file(tiny_dihedral, tmp_path):
+    path = tmp_path / "d.keras"
+    tiny_dihedral.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.symmetrise == "dihedral"
+    x = random_inputs((1, 17, 22), channels=6)
+    np.testing.assert_allclose(loaded(x).numpy(), tiny_dihedral(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_grid_transpose_layer():
+    x = random_inputs((2, 5, 7), channels=4)
+    t = GridTranspose(pairs=[(1, 2)])
+    y = t(x).numpy()
+    assert y.shape == (2, 7, 5, 4)
+    np.testing.assert_array_equal(y[:, 3, 1], x[:, 1, 3][:, [0, 2, 1, 3]])
+    np.testing.assert_array_equal(t(y).numpy(), x)
+    with pytest.raises(ValueError, match="pairs"):
+        GridTranspose(pairs=[(1, 1)])
 
 
 def test_mirror_layers_are_involutions():

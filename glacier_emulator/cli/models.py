@@ -38,9 +38,10 @@ def describe(entry: dict) -> str:
     flags = ("" if entry.get("available") else "  [weights file missing]") + (
         "  (default)" if entry.get("default") else ""
     ) + ("" if entry.get("forward_runs", True) else "  (not for forward runs: see its model card)")
+    symmetrise = entry.get("architecture", {}).get("symmetrise", "?")
     return (
         f"{entry.get('name', '?')}  v{entry.get('version', '?')}  outputs={outputs}  Nz={levels}  "
-        f"dx={_metres(spacing.get('min'))}-{_metres(spacing.get('max'))} m  accuracy: {_accuracy(entry)}{flags}"
+        f"symmetrise={symmetrise}  dx={_metres(spacing.get('min'))}-{_metres(spacing.get('max'))} m  accuracy: {_accuracy(entry)}{flags}"
     )
 
 

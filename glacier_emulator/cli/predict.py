@@ -30,30 +30,46 @@ def register(subparsers) -> None:
         help="a shipped model's name (see `glacier-emulator models`) or a .keras file with its "
         ".json metadata next to it; default: the shipped default model",
     )
+    add_symmetrise_argument(parser)
     parser.set_defaults(func=run)
 
 
-def resolve_model(spec: str | None):
-    """The emulator named by ``--model``: a path to a ``.keras`` file, a shipped name, or None."""
+SYMMETRISE_CHOICES = ("none", "x", "xy", "dihedral")
+
+
+def add_symmetrise_argument(parser) -> None:
+    parser.add_argument(
+        "--symmetrise", choices=SYMMETRISE_CHOICES, metavar="MODE",
+        help="average the network over these grid symmetries: dihedral (all 8 rotations and "
+        "mirrors), xy (both mirrors, 4), x (2) or none (1); fewer is faster and less accurate "
+        "(default: the model's own, shown by `glacier-emulator models`)",
+    )
+
+
+def resolve_model(spec: str | None, symmetrise: str | None = None):
+    """The emulator named by ``--model``: a path to a ``.keras`` file, a shipped name, or None
+    (the default model); ``symmetrise`` overrides the model's symmetry averaging."""
     from ..emulator import Emulator, NoPretrainedModelError
     from ..fields import InputError
 
     try:
         if spec is None:
-            return Emulator.pretrained()
-        if spec.endswith(".keras") or Path(spec).exists():
-            return Emulator.load(spec)
-        return Emulator.pretrained(spec)
+            emulator = Emulator.pretrained()
+        elif spec.endswith(".keras") or Path(spec).exists():
+            emulator = Emulator.load(spec)
+        else:
+            emulator = Emulator.pretrained(spec)
     except NoPretrainedModelError as exc:
         # One line on stderr, like every other error meant for people (the CLI's handler
         # catches InputError; LookupError is not among the types it reports).
         raise InputError(str(exc)) from None
+    return emulator if symmetrise is None else emulator.with_symmetrise(symmetrise)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..fields import InputError
 
-    emulator = resolve_model(args.model)
+    emulator = resolve_model(args.model, args.symmetrise)
     from ..io.netcdf import read_geometry, write_velocity
 
     geometry = read_geometry(args.input)
@@ -68,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         "emulator": meta.name,
         "emulator_version": meta.version,
         "emulator_created": meta.created,
+        "emulator_symmetrise": emulator.model.symmetrise,
         "physics": repr(meta.physics.to_dict()),
         "vertical_levels": meta.vertical.levels,
         "vertical_spacing": meta.vertical.spacing,

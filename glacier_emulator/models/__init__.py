@@ -5,6 +5,7 @@ needs (under ``safe_mode=True``) to read a ``.keras`` file written by this packa
 """
 from .layers import (
     CropTo,
+    GridTranspose,
     IceMask,
     InputNormalization,
     LocalFlowPrior,
@@ -30,6 +31,7 @@ __all__ = [
     "IceMask",
     "MirrorStack",
     "MirrorAverage",
+    "GridTranspose",
     "LocalFlowPrior",
     "ScaleBy",
 ]

@@ -13,6 +13,8 @@ The layers, in the order a velocity is computed (see :func:`glacier_emulator.mod
   symmetric (or reflect) extension, and crop the result back;
 * :class:`MirrorAverage` -- maps each mirrored prediction back and averages them, which makes the
   model exactly equivariant under the mirror;
+* :class:`GridTranspose` -- swaps the x and y axes and the x and y components (the model's
+  ``"dihedral"`` mode evaluates the network on the glacier and on its transpose and averages);
 * :class:`OutputScaling` -- multiplies by the velocity scale (m/yr);
 * :class:`IceMask` -- multiplies by ``thickness > 0``: ice-free nodes get exactly zero velocity.
 """
@@ -29,7 +31,10 @@ from ..numerics.grid import gaussian_kernel_1d
 
 PACKAGE = "glacier_emulator"
 
-SYMMETRISE_MODES = ("none", "x", "xy")
+MIRROR_MODES = ("none", "x", "xy")
+SYMMETRISE_MODES = MIRROR_MODES + ("dihedral",)
+"""``symmetrise`` modes of the U-Net: ``"dihedral"`` adds the transpose (:class:`GridTranspose`)
+to the two mirrors of ``"xy"``, i.e. all eight rotations and mirrors of the grid."""
 PADDING_MODES = ("symmetric", "reflect")
 
 
@@ -301,8 +306,8 @@ class _Mirror(keras.layers.Layer):
 
     def __init__(self, mode: str = "x", odd_x: Sequence[int] = (), odd_y: Sequence[int] = (), **kwargs):
         super().__init__(**kwargs)
-        if mode not in SYMMETRISE_MODES:
-            raise ValueError(f"`mode` must be one of {SYMMETRISE_MODES}. Received: mode={mode!r}")
+        if mode not in MIRROR_MODES:
+            raise ValueError(f"`mode` must be one of {MIRROR_MODES}. Received: mode={mode!r}")
         self.mode = mode
         self.odd_x = _as_index_tuple(odd_x, "odd_x")
         self.odd_y = _as_index_tuple(odd_y, "odd_y")
@@ -397,6 +402,54 @@ class MirrorAverage(_Mirror):
     def compute_output_shape(self, input_shape):
         batch = None if input_shape[0] is None else input_shape[0] // self.copies
         return (batch,) + tuple(input_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GridTranspose(keras.layers.Layer):
+    r"""The glacier seen with x and y swapped: transposes the grid and swaps vector components.
+
+    :math:`T` maps ``(batch, ny, nx, c)`` to ``(batch, nx, ny, c)`` and exchanges the channels of
+    each ``(x component, y component)`` pair in ``pairs`` (the surface slopes of an input, u and v
+    of an output). :math:`T` is its own inverse. Together with the mirrors :math:`M_x, M_y` it
+    generates all eight rotations and reflections of a grid with square cells (the dihedral
+    group; a rotation by 90 degrees is :math:`T M_y`). Scalar channels, among them the grid
+    spacing, are unchanged, so the cells must be square (the emulator requires ``dx == dy``).
+
+    Args:
+        pairs: ``(x channel, y channel)`` index pairs to exchange.
+    """
+
+    def __init__(self, pairs: Sequence[Sequence[int]] = (), **kwargs):
+        super().__init__(**kwargs)
+        pairs = [tuple(int(c) for c in p) for p in pairs]
+        flat = [c for p in pairs for c in p]
+        if any(len(p) != 2 for p in pairs) or any(c < 0 for c in flat) or len(set(flat)) != len(flat):
+            raise ValueError(f"`pairs` must be (x, y) pairs of distinct channel indices >= 0. Received: pairs={pairs!r}")
+        self.pairs = pairs
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(f"GridTranspose needs a known number of channels. Received: {input_shape}")
+        order = list(range(int(channels)))
+        for a, b in self.pairs:
+            if max(a, b) >= channels:
+                raise ValueError(f"`pairs` name channel {max(a, b)} but there are only {channels}.")
+            order[a], order[b] = b, a
+        self.order = order
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x = tf.transpose(inputs, perm=[0, 2, 1, 3])
+        return tf.gather(x, self.order, axis=-1) if self.pairs else x
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2], input_shape[1], input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"pairs": [list(p) for p in self.pairs]})
+        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
