@@ -1,0 +1,113 @@
+"""The scripts that make the shipped models' numbers and files, on a tiny model and two solved
+glaciers: ``training/set_symmetrise.py``, ``training/make_depth_averaged.py`` and
+``scripts/evaluate_model.py`` (the model card's held-out accuracy)."""
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import xarray as xr
+
+from glacier_emulator import Geometry, VerticalDiscretisation
+from glacier_emulator.emulator import Emulator, ModelMetadata
+from glacier_emulator.fields import relative_l2
+from glacier_emulator.io import read_geometry
+from glacier_emulator.io.netcdf import write_velocity
+from glacier_emulator.models import build_unet
+from glacier_emulator.numerics.solver import solve
+
+ROOT = Path(__file__).resolve().parents[1]
+VERTICAL = VerticalDiscretisation(levels=4)
+
+
+def run_script(path: Path, args, monkeypatch):
+    """Run a script's ``__main__`` in this process (TensorFlow is imported once)."""
+    monkeypatch.setattr(sys, "argv", [str(path)] + [str(a) for a in args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(path), run_name="__main__")
+        raise SystemExit(0)  # scripts whose main returns None fall through
+    assert exit_info.value.code in (0, None)
+
+
+def cap(n: int, shift: float, dx: float = 100.0) -> Geometry:
+    """An elongated ice cap on an inclined bed, off-centre so that no symmetry maps it to itself."""
+    x = (np.arange(n) - (n - 1) / 2) * dx
+    y = (np.arange(n + 3) - (n + 2) / 2) * dx
+    X, Y = np.meshgrid(x, y)
+    r2 = ((X - shift) / (0.42 * n * dx)) ** 2 + (Y / (0.3 * n * dx)) ** 2
+    thickness = 160.0 * np.sqrt(np.clip(1.0 - r2, 0.0, None))
+    return Geometry(thickness=thickness, bed=1200.0 - 0.08 * X + 0.03 * Y, dx=dx)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A tiny 3-D emulator (4 levels, with the flow prior) and two solved glaciers."""
+    root = tmp_path_factory.mktemp("recipe")
+    keras.utils.set_random_seed(5)
+    model = build_unet(in_channels=6, out_channels=8, filters=8, depth=2, velocity_scale=1.0,
+                       prior=dict(smoothing=1.0))
+    meta = ModelMetadata.from_model(model, name="tiny3d", vertical=VERTICAL, grid_spacing_range=(50.0, 200.0),
+                                    version="0.0.1", training_data={"description": "untrained"})
+    Emulator(model, meta).save(root / "tiny3d.keras")
+    (root / "test").mkdir()
+    for i, shift in enumerate((150.0, -250.0)):
+        geometry = cap(14, shift)
+        result = solve(geometry, vertical=VERTICAL)
+        assert result.converged
+        write_velocity(result.velocity, geometry, root / "test" / f"sample_{i:05d}.nc",
+                       attrs={"solver_converged": 1, "kind": "icecap"})
+    return root
+
+
+def test_set_symmetrise_writes_the_same_weights_with_the_new_mode(workdir, monkeypatch):
+    run_script(ROOT / "training" / "set_symmetrise.py",
+               [workdir / "tiny3d.keras", workdir / "tiny3d-d.keras", "--symmetrise", "dihedral"], monkeypatch)
+    source, out = Emulator.load(workdir / "tiny3d.keras"), Emulator.load(workdir / "tiny3d-d.keras")
+    assert out.model.symmetrise == "dihedral" and source.model.symmetrise == "x"
+    assert "dihedral" in out.metadata.training_data["symmetrise"]
+    geometry = read_geometry(workdir / "test" / "sample_00000.nc")
+    a = out.predict_geometry(geometry)
+    b = source.with_symmetrise("dihedral").predict_geometry(geometry)
+    np.testing.assert_allclose(a.u, b.u, rtol=1e-6, atol=1e-6)
+
+
+def test_make_depth_averaged_keeps_the_mode_and_the_depth_average(workdir, monkeypatch):
+    run_script(ROOT / "training" / "make_depth_averaged.py",
+               [workdir / "tiny3d-d.keras", workdir / "tinyubar.keras", "--name", "tinyubar"], monkeypatch)
+    flat, full = Emulator.load(workdir / "tinyubar.keras"), Emulator.load(workdir / "tiny3d-d.keras")
+    assert flat.model.symmetrise == "dihedral" and not flat.has_levels
+    geometry = read_geometry(workdir / "test" / "sample_00001.nc")
+    a, b = flat.predict_geometry(geometry), full.predict_geometry(geometry)
+    np.testing.assert_allclose(a.ubar, b.ubar, rtol=0, atol=1e-4 * np.abs(b.ubar).max())
+
+
+def test_evaluate_model_measures_the_card_numbers(workdir, monkeypatch, capsys):
+    model = workdir / "tiny3d-d.keras"
+    card = workdir / "tiny3d-d.md"
+    run_script(ROOT / "scripts" / "evaluate_model.py",
+               [model, "--test", workdir / "test", "--card", card, "--compare-symmetrise", "x"], monkeypatch)
+    held = json.loads(model.with_suffix(".json").read_text())["accuracy"]["held_out"]
+    assert held["symmetrise"] == "dihedral" and held["test_files"] == 2
+    emulator = Emulator.load(model)
+    errors = {}
+    for mode, em in (("dihedral", emulator), ("x", emulator.with_symmetrise("x"))):
+        errors[mode] = []
+        for path in sorted((workdir / "test").glob("*.nc")):
+            geometry = read_geometry(path)
+            with xr.open_dataset(path) as ds:
+                ref = np.stack([ds["ubar"].values, ds["vbar"].values])
+            v = em.predict_geometry(geometry)
+            errors[mode].append(relative_l2(np.stack([v.ubar, v.vbar]), ref, geometry.thickness > 0))
+    assert [r["rel_l2_ubar"] for r in held["per_file"]] == pytest.approx(errors["dihedral"], rel=1e-5)
+    assert held["rel_l2_ubar"]["median"] == pytest.approx(np.median(errors["dihedral"]), rel=1e-5)
+    modes = held["symmetrise_modes"]
+    assert modes["x"]["rel_l2_ubar"]["median"] == pytest.approx(np.median(errors["x"]), rel=1e-5)
+    assert errors["x"] != pytest.approx(errors["dihedral"], rel=1e-3)  # the modes differ
+    assert all(np.isfinite(r["energy_gap"]) for r in held["per_file"])
+    text = card.read_text()
+    assert f"{held['rel_l2_ubar']['median']:.3f}" in text and "| dihedral | 8 |" in text and "| x | 2 |" in text
