@@ -66,10 +66,12 @@ def workdir(tmp_path_factory):
 
 def test_set_symmetrise_writes_the_same_weights_with_the_new_mode(workdir, monkeypatch):
     run_script(ROOT / "training" / "set_symmetrise.py",
-               [workdir / "tiny3d.keras", workdir / "tiny3d-d.keras", "--symmetrise", "dihedral"], monkeypatch)
+               [workdir / "tiny3d.keras", workdir / "tiny3d-d.keras", "--symmetrise", "dihedral",
+                "--version", "0.0.2"], monkeypatch)
     source, out = Emulator.load(workdir / "tiny3d.keras"), Emulator.load(workdir / "tiny3d-d.keras")
     assert out.model.symmetrise == "dihedral" and source.model.symmetrise == "x"
     assert "dihedral" in out.metadata.training_data["symmetrise"]
+    assert out.metadata.version == "0.0.2" and out.name == source.name
     geometry = read_geometry(workdir / "test" / "sample_00000.nc")
     a = out.predict_geometry(geometry)
     b = source.with_symmetrise("dihedral").predict_geometry(geometry)

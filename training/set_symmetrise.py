@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("source", help="a model, NAME.keras (with NAME.json)")
     parser.add_argument("output", help="the model to write, NAME.keras")
     parser.add_argument("--symmetrise", required=True, choices=MODES)
+    parser.add_argument("--version", help="the new version (default: the source's)")
     args = parser.parse_args(argv)
 
     import dataclasses
@@ -33,7 +34,10 @@ def main(argv=None) -> int:
     training = dict(out.metadata.training_data)
     training["symmetrise"] = (f"trained with symmetrise={source.model.symmetrise!r}, predicts with "
                               f"{args.symmetrise!r} (training/set_symmetrise.py)")
-    out = Emulator(out.model, dataclasses.replace(out.metadata, training_data=training))
+    fields = dict(training_data=training)
+    if args.version:
+        fields["version"] = args.version
+    out = Emulator(out.model, dataclasses.replace(out.metadata, **fields))
     out.save(Path(args.output))
     print(f"{args.output}: {out!r} symmetrise={args.symmetrise}")
     return 0
