@@ -9,7 +9,10 @@ the Blatter-Pattyn energy (3-D models; the same energy code as the solver). Repo
     python scripts/evaluate_model.py pretrained/NAME.keras --test DIR [--skip N] [--card pretrained/NAME.md]
 
 ``--skip N`` leaves out the first N files (e.g. those used for validation during training).
-The numbers are also written into the model's metadata JSON under ``accuracy``.
+The numbers are also written into the model's metadata JSON under ``accuracy`` (every glacier's
+row included), from which ``--card-only`` writes the card again after its ``--notes`` changed.
+``--compare-symmetrise x`` adds the error and cost of other symmetry averagings of the same
+weights to the card.
 """
 from __future__ import annotations
 
@@ -114,7 +117,7 @@ def _training_summary(md) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model")
-    parser.add_argument("--test", nargs="+", required=True, help="labelled NetCDF files or folders")
+    parser.add_argument("--test", nargs="+", help="labelled NetCDF files or folders (required unless --card-only)")
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N files")
     parser.add_argument("--card", help="write the model card (markdown) here")
     parser.add_argument("--extra-test", nargs="*", default=[], metavar="NAME=DIR",
@@ -124,7 +127,21 @@ def main():
                         choices=["none", "x", "xy", "dihedral"],
                         help="also measure ubar error and inference time with these symmetry averagings")
     parser.add_argument("--no-update", action="store_true", help="do not write the accuracy into the JSON")
+    parser.add_argument("--card-only", action="store_true",
+                        help="evaluate nothing: write --card from the evaluation stored in the model's JSON "
+                        "(after editing the --notes)")
     args = parser.parse_args()
+    json_path = Path(args.model).with_suffix(".json")
+    if args.card_only:
+        if not args.card:
+            parser.error("--card-only needs --card")
+        accuracy = json.loads(json_path.read_text())["accuracy"]["held_out"]
+        rows = accuracy["per_file"]
+        extra_rows = {k: v["per_file"] for k, v in accuracy["extra"].items()}
+        write_card(args, json_path, accuracy, rows, extra_rows)
+        return
+    if not args.test:
+        parser.error("--test is required (unless --card-only)")
     machine = machine_info()  # before the evaluation: its load is the start's
 
     files = []
@@ -156,7 +173,8 @@ def main():
         accuracy["extra"][name] = dict(
             test_set=folder, test_files=len(group), rel_l2_ubar=summarise(group, "rel_l2_ubar"),
             rel_l2_surface=summarise(group, "rel_l2_surface"), energy_gap=summarise(group, "energy_gap"),
-            rel_l2_ubar_sia=summarise(group, "rel_l2_ubar_sia"))
+            rel_l2_ubar_sia=summarise(group, "rel_l2_ubar_sia"),
+            per_file=[{k: v for k, v in r.items() if k != "inference_s"} for r in group])
     modes = {emulator.model.symmetrise: rows}
     for mode in args.compare_symmetrise:
         if mode not in modes:
@@ -167,66 +185,74 @@ def main():
                        inference_s_median=float(np.median([r["inference_s"] for r in group])))
             for mode, group in modes.items()}
     print(json.dumps(accuracy, indent=2))
-    json_path = Path(args.model).with_suffix(".json")
     if not args.no_update and json_path.is_file():
         meta = json.loads(json_path.read_text())
         meta["accuracy"] = dict(meta.get("accuracy") or {}, held_out=accuracy)
         json_path.write_text(json.dumps(meta, indent=2) + "\n")
     if args.card:
-        md = json.loads(json_path.read_text())
-        lines = [f"# Model card: {md['name']}", "", md.get("description") or "", "",
-                 "## Inputs and outputs", "",
-                 "| input | units | scale |", "|---|---|---|"]
-        for inp in md["inputs"]:
-            lines.append(f"| {inp['name']} | {inp.get('units', '')} | {inp.get('scale', '')} |")
-        out = md["outputs"]
-        grid = md.get("grid_spacing", {})
-        lines += ["", f"Outputs: {out.get('kind')} ({len(out.get('names', []))} channels), "
-                  f"{out.get('units')}; levels: {md.get('vertical')}.", "",
-                  f"Valid grid spacing (that of the training data): {grid.get('min'):.0f}-{grid.get('max'):.0f} m. "
-                  "Inputs outside these plausibility ranges are refused on every call: "
-                  + ", ".join(f"{k} {v['min']:g} to {v['max']:g} {v.get('units', '')}".rstrip()
-                              for k, v in (md.get("input_ranges") or {}).items())
-                  + ".", "",
-                  f"Physics (the package defaults unless stated): {md.get('physics')}.", "",
-                  "## Training", "", _training_summary(md), "",
-                  "## Held-out accuracy (against the converged reference solver)", "",
-                  f"{len(rows)} glaciers never used for training or model selection "
-                  f"({', '.join(args.test)}, first {args.skip} files left out); measured {accuracy['date']} "
-                  f"on {describe_machine(accuracy['machine'])}.", "",
-                  "| glaciers | n | rel. L2 ubar median | p90 | rel. L2 surface median | p90 | shallow-ice ubar median |",
-                  "|---|---|---|---|---|---|---|"]
+        write_card(args, json_path, accuracy, rows, extra_rows)
 
-        def fmt(s, k):
-            return f"{s[k]:.3f}" if s else "-"
 
-        for name, group in [("all", rows)] + sorted(by_kind.items()) + [
-                (f"{k} ({accuracy['extra'][k]['test_set']})", v) for k, v in extra_rows.items()]:
-            a, b = summarise(group, "rel_l2_ubar"), summarise(group, "rel_l2_surface")
-            c = summarise(group, "rel_l2_ubar_sia")
-            lines.append(f"| {name} | {len(group)} | {fmt(a, 'median')} | {fmt(a, 'p90')} | {fmt(b, 'median')} | "
-                         f"{fmt(b, 'p90')} | {fmt(c, 'median')} |")
-        lines += ["", "Last column: the shallow-ice approximation (`glacier_emulator.physics.sia`, local, with "
-                  "Weertman sliding) on the same glaciers, the cheap baseline an emulator has to beat."]
-        gap = accuracy["energy_gap"]
-        lines += ["", f"Energy gap (E_emulator - E_solver)/|E_solver|: median {gap['median']:.4f}, "
-                  f"p90 {gap['p90']:.4f}." if gap else "",
-                  f"Inference: median {accuracy['inference_s_median'] * 1000:.1f} ms per glacier "
-                  f"({rows[0]['grid'][0]}x{rows[0]['grid'][1]}, CPU), network averaged over the "
-                  f"`{accuracy['symmetrise']}` symmetries of the grid." if rows else "", ""]
-        if "symmetrise_modes" in accuracy:
-            lines += ["Accuracy and cost of the symmetry averaging (same weights, same held-out glaciers; "
-                      "`Emulator.with_symmetrise`, `--symmetrise` of `predict` and `run`):", "",
-                      "| symmetrise | network evaluations | rel. L2 ubar median | p90 | inference (ms) |",
-                      "|---|---|---|---|---|"]
-            images = {"none": 1, "x": 2, "xy": 4, "dihedral": 8}
-            for mode, m in accuracy["symmetrise_modes"].items():
-                lines.append(f"| {mode} | {images[mode]} | {m['rel_l2_ubar']['median']:.3f} | "
-                             f"{m['rel_l2_ubar']['p90']:.3f} | {m['inference_s_median'] * 1000:.1f} |")
-            lines.append("")
-        if args.notes:
-            lines += [Path(args.notes).read_text()]
-        Path(args.card).write_text("\n".join(lines) + "\n")
+def write_card(args, json_path, accuracy, rows, extra_rows):
+    """The model card: the metadata, the held-out tables, then the --notes file."""
+    by_kind = defaultdict(list)
+    for r in rows:
+        by_kind[r["kind"]].append(r)
+    md = json.loads(json_path.read_text())
+    lines = [f"# Model card: {md['name']}", "", md.get("description") or "", "",
+             "## Inputs and outputs", "",
+             "| input | units | scale |", "|---|---|---|"]
+    for inp in md["inputs"]:
+        lines.append(f"| {inp['name']} | {inp.get('units', '')} | {inp.get('scale', '')} |")
+    out = md["outputs"]
+    grid = md.get("grid_spacing", {})
+    lines += ["", f"Outputs: {out.get('kind')} ({len(out.get('names', []))} channels), "
+              f"{out.get('units')}; levels: {md.get('vertical')}.", "",
+              f"Valid grid spacing (that of the training data): {grid.get('min'):.0f}-{grid.get('max'):.0f} m. "
+              "Inputs outside these plausibility ranges are refused on every call: "
+              + ", ".join(f"{k} {v['min']:g} to {v['max']:g} {v.get('units', '')}".rstrip()
+                          for k, v in (md.get("input_ranges") or {}).items())
+              + ".", "",
+              f"Physics (the package defaults unless stated): {md.get('physics')}.", "",
+              "## Training", "", _training_summary(md), "",
+              "## Held-out accuracy (against the converged reference solver)", "",
+              f"{len(rows)} glaciers never used for training or model selection "
+              f"({', '.join(accuracy['test_set'])}, first {accuracy['skipped_first']} files left out); "
+              f"measured {accuracy['date']} "
+              f"on {describe_machine(accuracy['machine'])}.", "",
+              "| glaciers | n | rel. L2 ubar median | p90 | rel. L2 surface median | p90 | shallow-ice ubar median |",
+              "|---|---|---|---|---|---|---|"]
+
+    def fmt(s, k):
+        return f"{s[k]:.3f}" if s else "-"
+
+    for name, group in [("all", rows)] + sorted(by_kind.items()) + [
+            (f"{k} ({accuracy['extra'][k]['test_set']})", v) for k, v in extra_rows.items()]:
+        a, b = summarise(group, "rel_l2_ubar"), summarise(group, "rel_l2_surface")
+        c = summarise(group, "rel_l2_ubar_sia")
+        lines.append(f"| {name} | {len(group)} | {fmt(a, 'median')} | {fmt(a, 'p90')} | {fmt(b, 'median')} | "
+                     f"{fmt(b, 'p90')} | {fmt(c, 'median')} |")
+    lines += ["", "Last column: the shallow-ice approximation (`glacier_emulator.physics.sia`, local, with "
+              "Weertman sliding) on the same glaciers, the cheap baseline an emulator has to beat."]
+    gap = accuracy["energy_gap"]
+    lines += ["", f"Energy gap (E_emulator - E_solver)/|E_solver|: median {gap['median']:.4f}, "
+              f"p90 {gap['p90']:.4f}." if gap else "",
+              f"Inference: median {accuracy['inference_s_median'] * 1000:.1f} ms per glacier "
+              f"({rows[0]['grid'][0]}x{rows[0]['grid'][1]}, CPU), network averaged over the "
+              f"`{accuracy['symmetrise']}` symmetries of the grid." if rows else "", ""]
+    if "symmetrise_modes" in accuracy:
+        lines += ["Accuracy and cost of the symmetry averaging (same weights, same held-out glaciers; "
+                  "`Emulator.with_symmetrise`, `--symmetrise` of `predict` and `run`):", "",
+                  "| symmetrise | network evaluations | rel. L2 ubar median | p90 | inference (ms) |",
+                  "|---|---|---|---|---|"]
+        images = {"none": 1, "x": 2, "xy": 4, "dihedral": 8}
+        for mode, m in accuracy["symmetrise_modes"].items():
+            lines.append(f"| {mode} | {images[mode]} | {m['rel_l2_ubar']['median']:.3f} | "
+                         f"{m['rel_l2_ubar']['p90']:.3f} | {m['inference_s_median'] * 1000:.1f} |")
+        lines.append("")
+    if args.notes:
+        lines += [Path(args.notes).read_text()]
+    Path(args.card).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

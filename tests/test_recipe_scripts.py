@@ -113,3 +113,10 @@ def test_evaluate_model_measures_the_card_numbers(workdir, monkeypatch, capsys):
     assert all(np.isfinite(r["energy_gap"]) for r in held["per_file"])
     text = card.read_text()
     assert f"{held['rel_l2_ubar']['median']:.3f}" in text and "| dihedral | 8 |" in text and "| x | 2 |" in text
+    # the card again from the stored evaluation, with notes: the same tables, nothing re-measured
+    notes = workdir / "notes.md"
+    notes.write_text("## Recipe\n\nA note written after the evaluation.\n")
+    again = workdir / "again.md"
+    run_script(ROOT / "scripts" / "evaluate_model.py",
+               [model, "--card-only", "--card", again, "--notes", notes], monkeypatch)
+    assert again.read_text() == text + notes.read_text() + "\n"
