@@ -100,6 +100,29 @@ def test_unet_forward_matches_keras(prior):
     assert np.all(got[x[..., 0] == 0] == 0)
 
 
+def test_export_of_a_dihedral_model_trains_with_the_x_mirror(tmp_path):
+    """The shipped models predict with symmetrise='dihedral', which the JAX port does not
+    evaluate: export_weights writes their weights with 'x' (the training mode), and the JAX
+    forward pass of the export equals the Keras model with 'x'."""
+    import export_weights
+
+    from glacier_emulator.emulator import Emulator, ModelMetadata
+    from glacier_emulator.models import GlacierUNet
+
+    model = GlacierUNet(in_channels=6, out_channels=4, filters=4, depth=2, symmetrise="dihedral",
+                        velocity_scale=1.0, prior=PRIOR)
+    Emulator(model, ModelMetadata.from_model(model, name="d")).save(tmp_path / "d.keras")
+    export_weights.main([str(tmp_path / "d.keras"), str(tmp_path / "d.npz")])
+    params, config = unet_jax.load_params(tmp_path / "d.npz")
+    assert config["symmetrise"] == "x"
+    x = np.zeros((1, 13, 18, 6), "float32")
+    x[..., 0] = np.linspace(0, 200, 18)
+    x[..., 1], x[..., 3], x[..., 4], x[..., 5] = 0.05, 0.05, 78.0, 100.0
+    ref = model.with_symmetrise("x")(x).numpy()
+    got = np.asarray(unet_jax.apply(params, config, jnp.asarray(x)))
+    np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max())
+
+
 def test_params_round_trip_in_parts(tmp_path):
     config = dict(in_channels=6, out_channels=4, depth=2, filters=4, kernel_size=3,
                   blocks_per_level=2)

@@ -45,9 +45,9 @@ of the grid (eight evaluations); ``"none"`` turns it off. The layers (and weight
 in every mode (:meth:`GlacierUNet.with_symmetrise`), the transposed glacier goes through the same
 layers as a second tensor. Training uses ``"x"`` with random mirrors and rotations of the crops;
 averaging over more images at prediction time then removes the network's residual asymmetry,
-which is part of its error: for ``velocity3d-prior`` the held-out error fell from 0.170 to 0.138
-(median) with ``"dihedral"``, at about 3x the inference time of ``"x"`` on a 2-core CPU
-(training/runs/notes.md, ``scripts/bench_inference.py``).
+which is part of its error: for ``velocity3d-prior`` 1.2 the held-out error fell from 0.139 to
+0.119 (median) with ``"dihedral"``, at 2.5-3x the inference time of ``"x"`` on a 2-core CPU
+(its model card, training/runs/notes.md).
 """
 from __future__ import annotations
 

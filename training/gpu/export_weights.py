@@ -17,6 +17,12 @@ def main(argv=None):
 
     model = Emulator.load(args.model).model
     config = model.constructor_arguments()
+    if config.get("symmetrise") in ("xy", "dihedral"):
+        # the shipped models predict with more images of the grid than they train with; the
+        # weights are the same (GlacierUNet.with_symmetrise): the JAX recipe trains with "x"
+        print(f"{args.model}: symmetrise={config['symmetrise']!r} exported as 'x' for training "
+              "(training/set_symmetrise.py sets it back on the imported model)")
+        config["symmetrise"] = "x"
     arrays = {}
     for layer in model.layers:
         weights = layer.get_weights()
