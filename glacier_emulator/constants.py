@@ -46,6 +46,14 @@ UNITS = {
     "volume_rate": "m3 year-1",
 }
 
+SYMMETRY_IMAGES = {"none": 1, "x": 2, "xy": 4, "dihedral": 8}
+"""The ``symmetrise`` modes of the emulator's U-Net and how many transformed images of the glacier
+each evaluates the network on: none; the x mirror; both mirrors; both mirrors and the transpose
+(all eight rotations and mirrors of the grid). Here, not in :mod:`glacier_emulator.models`, so
+that the command line can offer them without importing TensorFlow."""
+
+SYMMETRISE_MODES = tuple(SYMMETRY_IMAGES)
+
 
 def dataclass_from_mapping(cls, values, *, what: str):
     """``cls(**values)`` for a dataclass, refusing unknown keys with one clear message.

@@ -38,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+from glacier_emulator.constants import SYMMETRISE_MODES
 from glacier_emulator.provenance import describe_machine, load_average, machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--symmetrise", nargs="+", default=["x"], choices=["none", "x", "xy", "dihedral"])
+    parser.add_argument("--symmetrise", nargs="+", default=["x"], choices=SYMMETRISE_MODES)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--filters", type=int, default=32)
     parser.add_argument("--depth", type=int, default=4)

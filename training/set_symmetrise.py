@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-MODES = ("none", "x", "xy", "dihedral")
+from glacier_emulator.constants import SYMMETRISE_MODES
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("source", help="a model, NAME.keras (with NAME.json)")
     parser.add_argument("output", help="the model to write, NAME.keras")
-    parser.add_argument("--symmetrise", required=True, choices=MODES)
+    parser.add_argument("--symmetrise", required=True, choices=SYMMETRISE_MODES)
     parser.add_argument("--version", help="the new version (default: the source's)")
     args = parser.parse_args(argv)
 

@@ -34,12 +34,11 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-SYMMETRISE_CHOICES = ("none", "x", "xy", "dihedral")
-
-
 def add_symmetrise_argument(parser) -> None:
+    from ..constants import SYMMETRISE_MODES
+
     parser.add_argument(
-        "--symmetrise", choices=SYMMETRISE_CHOICES, metavar="MODE",
+        "--symmetrise", choices=SYMMETRISE_MODES, metavar="MODE",
         help="average the network over these grid symmetries: dihedral (all 8 rotations and "
         "mirrors), xy (both mirrors, 4), x (2) or none (1); fewer is faster and less accurate "
         "(default: the model's own, shown by `glacier-emulator models`)",

@@ -32,9 +32,9 @@ from ..numerics.grid import gaussian_kernel_1d
 PACKAGE = "glacier_emulator"
 
 MIRROR_MODES = ("none", "x", "xy")
-SYMMETRISE_MODES = MIRROR_MODES + ("dihedral",)
-"""``symmetrise`` modes of the U-Net: ``"dihedral"`` adds the transpose (:class:`GridTranspose`)
-to the two mirrors of ``"xy"``, i.e. all eight rotations and mirrors of the grid."""
+"""The modes of :class:`MirrorStack` / :class:`MirrorAverage`; the U-Net's ``symmetrise`` modes
+(:data:`glacier_emulator.constants.SYMMETRISE_MODES`) add ``"dihedral"``, which is ``"xy"`` plus
+the transpose (:class:`GridTranspose`)."""
 PADDING_MODES = ("symmetric", "reflect")
 
 

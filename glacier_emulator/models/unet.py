@@ -55,9 +55,8 @@ from typing import Optional, Sequence
 
 import keras
 
-from ..constants import UNITS
+from ..constants import SYMMETRISE_MODES, UNITS
 from .layers import (
-    SYMMETRISE_MODES,
     CropTo,
     GridTranspose,
     IceMask,
@@ -346,8 +345,6 @@ class GlacierUNet(keras.Model):
         (more accurate when it was trained with mirrors and rotations, eight evaluations instead
         of two), and a ``"dihedral"`` model can be made faster with ``"x"``.
         """
-        if symmetrise not in SYMMETRISE_MODES:
-            raise ValueError(f"`symmetrise` must be one of {SYMMETRISE_MODES}. Received: symmetrise={symmetrise!r}")
         config = self.get_config()
         config["symmetrise"] = symmetrise
         model = type(self).from_config(config)
