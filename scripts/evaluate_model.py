@@ -26,22 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
+from glacier_emulator.constants import SYMMETRISE_MODES, SYMMETRY_IMAGES
 from glacier_emulator.provenance import describe_machine, load_average, machine_info
 
 
-def evaluate(model_path, files, symmetrise=None):
+def evaluate(emulator, files, *, ubar_only=False):
+    """One row per converged test file; ``ubar_only`` skips what does not depend on the emulator's
+    symmetry averaging beyond ubar (the shallow-ice baseline, surface velocity, energy gap)."""
     import tensorflow as tf
     import xarray as xr
 
-    from glacier_emulator.emulator import Emulator
     from glacier_emulator.fields import relative_l2
     from glacier_emulator.io import read_geometry
     from glacier_emulator.physics.energy import blatter_pattyn_energy
     from glacier_emulator.physics.sia import sia_velocity
 
-    emulator = Emulator.load(model_path)
-    if symmetrise is not None:
-        emulator = emulator.with_symmetrise(symmetrise)
     phys, vert = emulator.metadata.physics, emulator.metadata.vertical
     rows = []
     for path in files:
@@ -66,6 +65,9 @@ def evaluate(model_path, files, symmetrise=None):
         row = dict(file=Path(path).name, kind=kind, dx=geometry.dx, grid=list(geometry.shape),
                    rel_l2_ubar=relative_l2(est, ref),
                    max_speed=float(np.max(np.hypot(ubar, vbar))), inference_s=statistics.median(times))
+        if ubar_only:
+            rows.append(row)
+            continue
         sia = sia_velocity(geometry, physics=phys)  # the cheap local baseline, same glacier
         row["rel_l2_ubar_sia"] = relative_l2(np.stack([sia.ubar[ice], sia.vbar[ice]]), ref)
         if levels and vel.u is not None and vel.u.shape == uvel.shape:
@@ -81,7 +83,7 @@ def evaluate(model_path, files, symmetrise=None):
                                                 tf.constant(vel.v * mask, tf.float64), **kw))
             row["energy_gap"] = (e_emu - e_sol) / abs(e_sol)
         rows.append(row)
-    return emulator, rows
+    return rows
 
 
 def summarise(rows, key):
@@ -124,7 +126,7 @@ def main():
                         help="further held-out sets, reported separately under their name")
     parser.add_argument("--notes", help="a markdown file appended to the card (recipe, targets, caveats)")
     parser.add_argument("--compare-symmetrise", nargs="*", default=[], metavar="MODE",
-                        choices=["none", "x", "xy", "dihedral"],
+                        choices=SYMMETRISE_MODES,
                         help="also measure ubar error and inference time with these symmetry averagings")
     parser.add_argument("--no-update", action="store_true", help="do not write the accuracy into the JSON")
     parser.add_argument("--card-only", action="store_true",
@@ -149,7 +151,10 @@ def main():
         p = Path(item)
         files.extend(sorted(p.glob("*.nc")) if p.is_dir() else [p])
     files = files[args.skip:]
-    emulator, rows = evaluate(args.model, files)
+    from glacier_emulator.emulator import Emulator
+
+    emulator = Emulator.load(args.model)
+    rows = evaluate(emulator, files)
     by_kind = defaultdict(list)
     for r in rows:
         by_kind[r["kind"]].append(r)
@@ -168,7 +173,7 @@ def main():
     extra_rows = {}
     for item in args.extra_test:
         name, _, folder = item.partition("=")
-        _, extra_rows[name] = evaluate(args.model, sorted(Path(folder).glob("*.nc")))
+        extra_rows[name] = evaluate(emulator, sorted(Path(folder).glob("*.nc")))
         group = extra_rows[name]
         accuracy["extra"][name] = dict(
             test_set=folder, test_files=len(group), rel_l2_ubar=summarise(group, "rel_l2_ubar"),
@@ -178,7 +183,7 @@ def main():
     modes = {emulator.model.symmetrise: rows}
     for mode in args.compare_symmetrise:
         if mode not in modes:
-            modes[mode] = evaluate(args.model, files, symmetrise=mode)[1]
+            modes[mode] = evaluate(emulator.with_symmetrise(mode), files, ubar_only=True)
     if len(modes) > 1:
         accuracy["symmetrise_modes"] = {
             mode: dict(rel_l2_ubar=summarise(group, "rel_l2_ubar"),
@@ -245,9 +250,8 @@ def write_card(args, json_path, accuracy, rows, extra_rows):
                   "`Emulator.with_symmetrise`, `--symmetrise` of `predict` and `run`):", "",
                   "| symmetrise | network evaluations | rel. L2 ubar median | p90 | inference (ms) |",
                   "|---|---|---|---|---|"]
-        images = {"none": 1, "x": 2, "xy": 4, "dihedral": 8}
         for mode, m in accuracy["symmetrise_modes"].items():
-            lines.append(f"| {mode} | {images[mode]} | {m['rel_l2_ubar']['median']:.3f} | "
+            lines.append(f"| {mode} | {SYMMETRY_IMAGES[mode]} | {m['rel_l2_ubar']['median']:.3f} | "
                          f"{m['rel_l2_ubar']['p90']:.3f} | {m['inference_s_median'] * 1000:.1f} |")
         lines.append("")
     if args.notes:
