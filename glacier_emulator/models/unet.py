@@ -46,8 +46,8 @@ in every mode (:meth:`GlacierUNet.with_symmetrise`), the transposed glacier goes
 layers as a second tensor. Training uses ``"x"`` with random mirrors and rotations of the crops;
 averaging over more images at prediction time then removes the network's residual asymmetry,
 which is part of its error: for ``velocity3d-prior`` 1.2 the held-out error fell from 0.139 to
-0.119 (median) with ``"dihedral"``, for 1.3 from 0.110 to 0.088, at 2-3x the inference time of
-``"x"`` on a 2-core CPU (its model card, training/runs/notes.md).
+0.119 (median) with ``"dihedral"``, for 1.3 from 0.110 to 0.088, for 1.4 from 0.097 to 0.082,
+at 2-3x the inference time of ``"x"`` on a 2-core CPU (its model card, training/runs/notes.md).
 """
 from __future__ import annotations
 
