@@ -269,6 +269,39 @@ def test_energy_of_mixed_grid_spacings(dataset):
     np.testing.assert_allclose(mapped(u, v, fields, spacing).numpy(), mixed, rtol=1e-6)
 
 
+def test_relative_energy_weighting_divides_each_gradient_by_its_own_energy(dataset):
+    """``energy_weighting: relative``: the same value as ``area`` (the per-area energy), the
+    gradient of each glacier divided by |E| of that glacier, so that a glacier flowing 10x
+    as fast as another (a far larger energy) no longer dominates the gradient."""
+    from glacier_emulator.learning.losses import LossConfig, Objective, ice_area
+
+    data = load_data([dataset / "train" / "sample_00000.nc", dataset / "train" / "sample_00001.nc"])
+    fields = tf.constant(np.stack([s.fields for s in data.samples]))
+    spacing = tf.constant([[100.0, 100.0], [100.0, 100.0]])
+    u, v = label_levels(fields, data.layout)
+    y = tf.concat([tf.transpose(u, [0, 2, 3, 1]), tf.transpose(v, [0, 2, 3, 1])], -1)
+    y = y * tf.constant([0.9, 9.0])[:, None, None, None]          # one slow, one fast glacier
+    energy = make_energy_fn(physics=data.physics, vertical=data.vertical)
+    terms, grads = {}, {}
+    for weighting in ("area", "relative"):
+        objective = Objective(mode="physics", layout=data.layout, vertical=data.vertical,
+                              physics=data.physics, energy=energy,
+                              config=LossConfig(energy_weighting=weighting))
+        with tf.GradientTape() as tape:
+            tape.watch(y)
+            terms[weighting] = objective.physics_term(y, fields, spacing)
+        grads[weighting] = tape.gradient(terms[weighting], y).numpy()
+    np.testing.assert_allclose(terms["relative"].numpy(), terms["area"].numpy(), rtol=1e-6)
+    area_scale = ice_area(fields, spacing).numpy() * 10.0                 # energy_scale 10
+    ratio = area_scale / np.abs(terms["area"].numpy() * area_scale)      # area * scale / |E|
+    assert ratio[1] < ratio[0] / 10                                     # the fast one's |E| is larger
+    for i in range(2):
+        np.testing.assert_allclose(grads["relative"][i], grads["area"][i] * ratio[i],
+                                   rtol=1e-4, atol=1e-6 * np.abs(grads["relative"][i]).max())
+    with pytest.raises(ValueError, match="energy_weighting"):
+        LossConfig(energy_weighting="speed")
+
+
 # ------------------------------------------------------------------------- training
 def _val(result, key):
     values = [v[key] for v in result["validation"]]

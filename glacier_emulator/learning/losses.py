@@ -20,6 +20,9 @@ Physics loss: the Blatter-Pattyn energy :func:`glacier_emulator.physics.energy.b
 area of the glacier and by ``energy_scale`` (MPa m yr^-1, default 10: about
 :math:`\rho g H |\nabla s| \bar u` for H = 100 m, a slope of 0.1 and 100 m/yr), so that it is
 O(1) and comparable between glaciers of different size. Its minimum is the solver's solution.
+Per unit area a glacier flowing 10 times as fast still has a far larger energy and pulls harder
+on the weights; ``energy_weighting: relative`` divides each glacier's gradient by its own |E|
+instead (the value stays the per-area energy).
 
 * A 3-D output is used as the velocity on the levels directly.
 * A 2-channel output is expanded to the levels with a fixed shape function,
@@ -48,6 +51,7 @@ from ..physics.energy import blatter_pattyn_energy
 from .data import LEVELS_START, SURFACE, UBAR, VBAR, Layout
 
 SUPERVISED_KINDS = ("relative", "mse")
+ENERGY_WEIGHTINGS = ("area", "relative")
 MODES = ("supervised", "physics", "hybrid")
 
 
@@ -65,6 +69,12 @@ class LossConfig:
         velocity_scale: m/yr, the scale of the ``"mse"`` loss.
         basal_fraction: b in [0, 1) of the shape function that expands a 2-channel output to the
             levels for the energy (0: the no-sliding shallow-ice profile).
+        energy_weighting: how the glaciers of a batch share the gradient of the physics term.
+            ``"area"`` (default): each glacier's energy per unit ice area, so a fast glacier (a
+            larger energy) pulls harder. ``"relative"``: each glacier's gradient is divided by
+            the size of its own energy, |E| (taken as a constant), so every glacier counts the
+            same whatever its speed, as with the ``"relative"`` supervised loss. The value (the
+            logged ``physics``) is the per-area energy either way.
     """
 
     supervised: str = "relative"
@@ -75,6 +85,7 @@ class LossConfig:
     velocity_floor: float = 1.0
     velocity_scale: float = 100.0
     basal_fraction: float = 0.0
+    energy_weighting: str = "area"
 
     def __post_init__(self):
         if self.supervised not in SUPERVISED_KINDS:
@@ -86,6 +97,9 @@ class LossConfig:
         for name in ("energy_scale", "velocity_floor", "velocity_scale"):
             if not (np.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"loss.{name} must be > 0. Received: {getattr(self, name)!r}")
+        if self.energy_weighting not in ENERGY_WEIGHTINGS:
+            raise ValueError(f"loss.energy_weighting must be one of {ENERGY_WEIGHTINGS}. "
+                             f"Received: {self.energy_weighting!r}")
         if not 0.0 <= self.basal_fraction < 1.0:
             raise ValueError(f"loss.basal_fraction must be in [0, 1). Received: {self.basal_fraction!r}")
 
@@ -250,10 +264,22 @@ class Objective:
             raise ValueError(f"{self.mode} training needs labels (ubar, vbar) in the data")
 
     def physics_term(self, y, fields_, spacing) -> tf.Tensor:
-        """Normalised energy per example: E / (ice area * energy_scale), dimensionless."""
+        """Normalised energy per example: E / (ice area * energy_scale), dimensionless.
+
+        With ``energy_weighting: relative`` the value is the same but the gradient is that of
+        E / |E| (|E| held constant): every glacier's pull is relative to its own energy.
+        """
         u, v = output_levels(y, vertical=self.vertical, physics=self.physics,
                              basal_fraction=self.config.basal_fraction)
-        return self.normalise_energy(self.energy(u, v, fields_, spacing), fields_, spacing)
+        energy = self.energy(u, v, fields_, spacing)
+        value = self.normalise_energy(energy, fields_, spacing)
+        if self.config.energy_weighting == "area":
+            return value
+        # value + (E - E) / |E| with the first E and |E| constants: the value of the per-area
+        # energy, the gradient of E / |E|; the floor keeps an energy near zero from blowing it up
+        fixed = tf.stop_gradient(energy)
+        floor = tf.stop_gradient(ice_area(fields_, spacing) * self.config.energy_scale * 1e-3)
+        return tf.stop_gradient(value) + (energy - fixed) / tf.maximum(tf.abs(fixed), floor)
 
     def normalise_energy(self, energy, fields_, spacing) -> tf.Tensor:
         """E (MPa m^3 yr^-1) -> E / (ice area * energy_scale), dimensionless."""
