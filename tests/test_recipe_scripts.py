@@ -17,7 +17,7 @@ from glacier_emulator import Geometry, VerticalDiscretisation
 from glacier_emulator.emulator import Emulator, ModelMetadata
 from glacier_emulator.fields import relative_l2
 from glacier_emulator.io import read_geometry
-from glacier_emulator.io.netcdf import write_velocity
+from glacier_emulator.io.netcdf import write_geometry, write_velocity
 from glacier_emulator.models import build_unet
 from glacier_emulator.numerics.solver import solve
 
@@ -120,3 +120,29 @@ def test_evaluate_model_measures_the_card_numbers(workdir, monkeypatch, capsys):
     run_script(ROOT / "scripts" / "evaluate_model.py",
                [model, "--card-only", "--card", again, "--notes", notes], monkeypatch)
     assert again.read_text() == text + notes.read_text() + "\n"
+
+
+def test_distill_labels_writes_the_models_prediction_as_training_labels(workdir, monkeypatch):
+    """Rehearsal labels: geometry files labelled by a model's prediction, in the training format."""
+    from glacier_emulator.learning.data import load_data
+
+    source, out = workdir / "geometries", workdir / "distilled"
+    source.mkdir()
+    for i, shift in enumerate((150.0, -250.0)):
+        write_geometry(cap(14, shift), source / f"sample_{i:05d}.nc")
+    args = [workdir / "tiny3d.keras", source, out, "--symmetrise", "xy"]
+    run_script(ROOT / "training" / "distill_labels.py", args, monkeypatch)
+    emulator = Emulator.load(workdir / "tiny3d.keras").with_symmetrise("xy")
+    data = load_data(sorted(out.glob("*.nc")), require_labels=True)
+    assert len(data) == 2 and data.layout.has_levels
+    for path in sorted(out.glob("*.nc")):
+        geometry = read_geometry(source / path.name)
+        expected = emulator.predict_geometry(geometry)
+        with xr.open_dataset(path) as ds:
+            assert "tiny3d" in ds.attrs["label_source"] and "xy" in ds.attrs["label_source"]
+            assert "solver_converged" not in ds.attrs  # no solver ran
+            np.testing.assert_allclose(ds["uvel"].values, expected.u, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(ds["vbar"].values, expected.vbar, rtol=1e-5, atol=1e-6)
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nc")}
+    run_script(ROOT / "training" / "distill_labels.py", args, monkeypatch)  # resumes: nothing redone
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.nc")} == stamp
