@@ -361,6 +361,8 @@ def test_cli_run_restart_and_plot(tmp_path, capsys):
     a, b = xr.open_dataset(restarted, decode_times=False), xr.open_dataset(full, decode_times=False)
     np.testing.assert_array_equal(a.year.values, [0, 2, 4, 6, 8])
     np.testing.assert_array_equal(a.thk.values, b.thk.values)
+    for name in ("thk", "ubar", "volume", "year", "topg"):  # the restarted file keeps the metadata
+        assert a[name].attrs == b[name].attrs and "units" in a[name].attrs, name
     assert main(["plot", str(restarted), "-o", str(tmp_path / "fig.png")]) == 0
     assert (tmp_path / "fig.png").stat().st_size > 1000
     assert main(["run", str(tmp_path / "in.nc"), "-o", str(out), "--years", "-1"]) == 2
@@ -405,3 +407,62 @@ def test_solver_memory_warm_start_reaches_the_same_solution():
     small = example_geometry(nx=12, ny=10, dx=800.0)
     other = solve(small, initial=solve(small).velocity, memory=first.memory)  # wrong size: ignored
     assert other.converged
+
+
+def test_velocity_check_measures_the_solver_difference_and_leaves_the_run_unchanged():
+    """``check=VelocityCheck(SolverProvider(), every)``: at the records on its interval the
+    run's velocity is compared with a converged solve of the geometry the run has reached."""
+    from glacier_emulator.dynamics import SolverProvider, VelocityCheck
+    from glacier_emulator.numerics.solver import solve
+
+    g = example_geometry(nx=16, ny=14, dx=600.0)
+    smb = ELASMB(IGM_TABLE)
+    plain = Stepper(g, SIAProvider(), smb, start_time=2000.0).run_until_and_store(2004.0, every=1.0)
+    check = VelocityCheck(SolverProvider(), every=2.0)
+    checked = Stepper(g, SIAProvider(), smb, start_time=2000.0, check=check)
+    ds = checked.run_until_and_store(2004.0, every=1.0)
+    np.testing.assert_array_equal(ds.thk.values, plain.thk.values)  # the check only reads
+    err = ds["velocity_check_error"].values
+    assert np.isnan(err[[1, 3]]).all() and np.isfinite(err[[0, 2, 4]]).all()
+    assert ds["velocity_check_error"].attrs["units"] == "1" and ds.attrs["velocity_check_every"] == 2.0
+    for k in (0, 4):  # the stored number is the SIA's difference from a converged solve
+        state = g.replace(thickness=ds.thk.values[k])
+        ice = state.thickness > 0
+        reference = solve(state).velocity
+        expected = relative_l2(np.stack([ds.ubar.values[k], ds.vbar.values[k]])[:, ice],
+                               np.stack([reference.ubar, reference.vbar])[:, ice])
+        assert err[k] == pytest.approx(expected, rel=1e-3)
+        assert err[k] > 0.05  # the SIA is no Blatter-Pattyn solver on this glacier
+    assert ds["velocity_check_max_speed_difference"].values[0] > 0
+    # checked against itself the SIA is exact: the difference is the check's, not the solver's
+    same = Stepper(g, SIAProvider(), smb, check=VelocityCheck(SIAProvider(), every=1.0))
+    assert np.all(same.run_until_and_store(2.0, every=1.0)["velocity_check_error"].values == 0.0)
+    with pytest.raises(ValueError, match="every must be > 0"):
+        VelocityCheck(SolverProvider(), every=0.0)
+    with pytest.raises(ValueError, match="multiple of save_every"):
+        RunConfig(save_every=2.0, check_every=3.0)
+
+
+def test_cli_run_check_every(tmp_path, capsys):
+    from glacier_emulator.cli import main
+    from glacier_emulator.io.netcdf import write_geometry
+
+    write_geometry(example_geometry(nx=16, ny=14, dx=600.0), tmp_path / "in.nc")
+    out, restarted = tmp_path / "out.nc", tmp_path / "restarted.nc"
+    base = ["run", str(tmp_path / "in.nc"), "--velocity", "sia", "--smb", "ela", "--save-every", "1"]
+    assert main(base + ["-o", str(out), "--years", "2", "--check-every", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "velocity check" in err and "(year 0)" in err and "(year 2)" in err
+    # a restart repeats the stored interval: checks at 2 and 4, none at the records between
+    assert main(["run", "-o", str(restarted), "--restart", str(out), "--years", "2"]) == 0
+    with xr.open_dataset(restarted, decode_times=False) as ds:
+        np.testing.assert_array_equal(ds.year.values, [0, 1, 2, 3, 4])
+        np.testing.assert_array_equal(np.isfinite(ds["velocity_check_error"].values),
+                                      [True, False, True, False, True])
+        assert ds["velocity_check_error"].attrs["units"] == "1"
+    assert main(base + ["-o", str(tmp_path / "bad.nc"), "--years", "2", "--check-every", "1.5"]) == 2
+    assert main(base[:2] + ["--velocity", "solver", "-o", str(tmp_path / "bad.nc"), "--years", "1",
+                            "--save-every", "1", "--check-every", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "multiple of save_every" in err and "already uses the solver" in err
+    assert "Traceback" not in err and not (tmp_path / "bad.nc").exists()

@@ -9,6 +9,11 @@ Without INPUT the bundled example glacier (the IGM side-by-side case) runs with 
 (``glacier_emulator/data/example_run.yaml``). Settings come from, in increasing priority: the
 defaults (or the example's config, or the restart file's stored config), ``--config run.yaml``
 (the keys of :class:`~glacier_emulator.dynamics.stepper.RunConfig`), then the flags.
+
+``--check-every Y`` measures the run's velocity against the reference solver on the glacier the
+run has reached, every Y years (:class:`~glacier_emulator.dynamics.check.VelocityCheck`): the
+error on the user's own glacier rather than the model card's held-out one, at the cost of one
+converged solve per check; the run itself is unchanged.
 """
 from __future__ import annotations
 
@@ -57,6 +62,11 @@ def register(subparsers) -> None:
                    help="second-order minmod reconstruction of the face thickness")
     p.add_argument("--check-domain-edges", action="store_true", default=None,
                    help="stop if the ice touches the domain edge at the start")
+    p.add_argument("--check-every", type=float, metavar="Y",
+                   help="every Y years (a multiple of --save-every) solve the glacier the run has "
+                   "reached with the reference solver and store the difference of the run's "
+                   "velocity from it (velocity_check_error: relative L2 of ubar on the ice); the "
+                   "run is unchanged; each check costs one converged solve")
     p.add_argument("--config", metavar="run.yaml", help="YAML run config (RunConfig keys)")
     p.add_argument("--restart", metavar="OUTPUT.nc",
                    help="continue from the last record of this output file (the new file holds "
@@ -104,6 +114,7 @@ def build_config(args):
         years=args.years, velocity=args.velocity, save_every=args.save_every, cfl=args.cfl,
         dt_max=args.dt_max, velocity_every=args.velocity_every, start_time=args.start_time,
         limiter=args.limiter, check_domain_edges=args.check_domain_edges,
+        check_every=args.check_every,
     )
 
 
@@ -179,7 +190,6 @@ def _accuracy_note(emulator) -> str:
 
 def resolve_provider(config, physics, args, *, note):
     """The velocity provider; the default is the emulator, falling back to the SIA."""
-    from ..constants import VerticalDiscretisation
     from ..dynamics.providers import EmulatorProvider, SIAProvider, make_provider
 
     name = config.velocity
@@ -208,12 +218,33 @@ def resolve_provider(config, physics, args, *, note):
                  "prefer the default model, --velocity sia or --velocity solver")
         return EmulatorProvider(emulator)
     if name == "solver":
-        from ..numerics.solver import SolverConfig
-
-        vertical = VerticalDiscretisation(**(config.vertical or {}))
-        solver_config = SolverConfig(**(config.solver or {}))
-        return make_provider("solver", physics, vertical=vertical, solver_config=solver_config)
+        return solver_provider(config, physics)
     return make_provider(name, physics)
+
+
+def solver_provider(config, physics):
+    """The reference solver with the run's levels and solver settings."""
+    from ..constants import VerticalDiscretisation
+    from ..dynamics.providers import make_provider
+    from ..numerics.solver import SolverConfig
+
+    vertical = VerticalDiscretisation(**(config.vertical or {}))
+    solver_config = SolverConfig(**(config.solver or {}))
+    return make_provider("solver", physics, vertical=vertical, solver_config=solver_config)
+
+
+def resolve_check(config, physics, provider, *, note):
+    """The velocity check of ``--check-every`` (None without it)."""
+    from ..dynamics.check import VelocityCheck
+
+    if config.check_every is None:
+        return None
+    if getattr(provider, "name", None) == "solver":
+        raise ValueError("--check-every compares the run's velocity with the reference solver's; "
+                         "this run already uses the solver (--velocity solver)")
+    note(f"checking the velocity against the reference solver every {config.check_every:g} "
+         "years (one converged solve each; stored as velocity_check_error)")
+    return VelocityCheck(solver_provider(config, physics), every=float(config.check_every))
 
 
 # ------------------------------------------------------------------------------- running
@@ -235,6 +266,9 @@ def _progress(total: float, start: float, *, label: str):
 def run(args: argparse.Namespace) -> int:
     import xarray as xr
 
+    import numpy as np
+
+    from ..dynamics.check import CHECK_DIAGNOSTICS, VelocityCheck
     from ..dynamics.stepper import Stepper
     from ..io.netcdf import safe_write
 
@@ -265,12 +299,13 @@ def run(args: argparse.Namespace) -> int:
              f"{geometry.shape[1]} nodes, {geometry.dx:g} m)")
     provider = resolve_provider(config, physics, args, note=note)
     config = config.replace(velocity=getattr(provider, "name", None))  # what a restart reuses
+    check = resolve_check(config, physics, provider, note=note)
     stored = {"run_config": json.dumps(config.to_dict()), "physics": json.dumps(physics.to_dict())}
     previous = None
     if args.restart:
         # a fixed field (the input's) is recovered from the file by Stepper.from_output
         smb_model = None if config.smb in (None, "input") else resolve_smb(config, None, note=note)
-        stepper = Stepper.from_output(args.restart, provider, smb_model,
+        stepper = Stepper.from_output(args.restart, provider, smb_model, check=check,
                                       **config.stepper_settings())
         with xr.open_dataset(args.restart,
                              decode_times=xr.coders.CFDatetimeCoder(use_cftime=True)) as ds:
@@ -278,15 +313,23 @@ def run(args: argparse.Namespace) -> int:
         previous = previous.isel(time=previous["year"].values < stepper.t - 1e-9)
     else:
         smb_model = resolve_smb(config, geometry, note=note)
-        stepper = Stepper.from_config(geometry, provider, config, smb=smb_model)
+        stepper = Stepper.from_config(geometry, provider, config, smb=smb_model, check=check)
     start = stepper.t
     end = start + float(config.years)
 
     def on_save(ds):
         attrs = {**ds.attrs, **stored}
         if previous is not None and previous.sizes.get("time", 0):
-            ds = xr.concat([previous, ds], dim="time", data_vars="minimal", coords="minimal",
+            # a restart may add or drop the velocity check: its records hold NaN where none ran
+            for name in CHECK_DIAGNOSTICS:
+                for a, b in ((previous, ds), (ds, previous)):
+                    if name in a and name not in b:
+                        b[name] = xr.full_like(b["volume"], np.nan).assign_attrs(a[name].attrs)
+            new = ds
+            ds = xr.concat([previous, new], dim="time", data_vars="minimal", coords="minimal",
                            compat="override", join="override", combine_attrs="drop")
+            for name, variable in new.variables.items():  # units and names: the stepper's
+                ds.variables[name].attrs = dict(variable.attrs)
         ds.attrs = attrs
         safe_write(ds, output, single_precision=args.single_precision)
 
@@ -307,5 +350,8 @@ def run(args: argparse.Namespace) -> int:
         f"{float(ds['budget_residual'].values[-1]):.3g} m3",
         file=sys.stderr,
     )
+    checked = VelocityCheck.summary(ds)
+    if checked:
+        note(f"velocity check, relative L2 of ubar against the reference solver: {checked}")
     return 0
 

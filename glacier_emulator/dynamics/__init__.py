@@ -5,7 +5,9 @@
 * :mod:`~glacier_emulator.dynamics.smb` -- :class:`FieldSMB`, :class:`ELASMB`,
   :class:`TimeSeriesSMB`, :func:`smb_from_config`;
 * :mod:`~glacier_emulator.dynamics.providers` -- the emulator, the reference solver and the SIA
-  behind one interface, :func:`make_provider`.
+  behind one interface, :func:`make_provider`;
+* :mod:`~glacier_emulator.dynamics.check` -- :class:`VelocityCheck`: the run's velocity against
+  the reference solver at chosen output times.
 
 Example:
     >>> from glacier_emulator.data import example_geometry
@@ -14,6 +16,7 @@ Example:
     ...                   ELASMB.constant(ela=2300, gradabl=0.009, gradacc=0.005, accmax=2.0))
     >>> ds = stepper.run_until_and_store(10.0, every=5.0)  # doctest: +SKIP
 """
+from .check import VelocityCheck
 from .providers import (
     PROVIDERS,
     EmulatorProvider,
@@ -30,6 +33,7 @@ from .stepper import RunConfig, Stepper
 __all__ = [
     "Stepper",
     "RunConfig",
+    "VelocityCheck",
     "VelocityProvider",
     "SIAProvider",
     "SolverProvider",

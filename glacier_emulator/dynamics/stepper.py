@@ -58,6 +58,7 @@ import numpy as np
 
 from ..constants import UNITS
 from ..fields import Geometry, InputError, Velocity
+from .check import CHECK_DIAGNOSTICS
 from .providers import VelocityProvider, faces_from_nodes
 from .smb import FieldSMB, SurfaceMassBalance, check_smb_field, smb_from_config
 
@@ -85,6 +86,7 @@ DIAGNOSTICS = {
     "dt": ("length of the last time step before this record", UNITS["time"]),
     "n_steps": ("number of time steps since the start", "1"),
 }
+CHECK_NAMES = tuple(CHECK_DIAGNOSTICS)
 FIELDS = ("thk", "usurf", "ubar", "vbar", "velbar_mag", "smb")
 """Gridded output variables on (time, y, x)."""
 
@@ -157,6 +159,9 @@ class RunConfig:
         vertical: settings of :class:`~glacier_emulator.constants.VerticalDiscretisation` (for the
             solver provider).
         solver: settings of :class:`~glacier_emulator.numerics.solver.SolverConfig`.
+        check_every: compare the velocity with the reference solver's every this many years
+            (at output records: a multiple of ``save_every``); None: no check
+            (:class:`~glacier_emulator.dynamics.check.VelocityCheck`).
     """
 
     years: float = 50.0
@@ -172,6 +177,7 @@ class RunConfig:
     physics: Optional[dict] = None
     vertical: Optional[dict] = None
     solver: Optional[dict] = None
+    check_every: Optional[float] = None
 
     def __post_init__(self):
         def bad(name, rule):
@@ -187,6 +193,13 @@ class RunConfig:
             bad("cfl", "> 0")
         if not (_finite(self.dt_max) and self.dt_max > 0):
             bad("dt_max", "> 0 years")
+        if self.check_every is not None:
+            if not (_finite(self.check_every) and self.check_every > 0):
+                bad("check_every", "> 0 years")
+            ratio = float(self.check_every) / float(self.save_every)
+            if abs(ratio - round(ratio)) > 1e-6:
+                bad("check_every", f"a multiple of save_every ({self.save_every:g} years): checks "
+                    "happen at saved records")
         if int(self.velocity_every) != self.velocity_every or self.velocity_every < 1:
             bad("velocity_every", "an integer >= 1")
         if self.velocity is not None:
@@ -272,6 +285,10 @@ class Stepper:
         check_domain_edges: on a finite domain, raise :class:`~glacier_emulator.fields.InputError`
             if ice touches the domain edge at the start (by default only a warning: ice at the
             edge flows out and is counted as outflow).
+        check: a :class:`~glacier_emulator.dynamics.check.VelocityCheck`: at the output records
+            of :meth:`run_until_and_store` that fall on its interval, the velocity is compared
+            with the reference solver's and the difference stored (``velocity_check_*``); the
+            run itself is unchanged.
 
     Example:
         >>> from glacier_emulator.dynamics import PrescribedVelocity
@@ -294,6 +311,7 @@ class Stepper:
         start_time: float = 0.0,
         limiter: bool = False,
         check_domain_edges: bool = False,
+        check=None,
     ):
         if not isinstance(geometry, Geometry):
             raise ValueError(f"geometry must be a Geometry. Received: {type(geometry).__name__}")
@@ -311,7 +329,10 @@ class Stepper:
             raise ValueError(f"velocity_every must be an integer >= 1. Received: {velocity_every!r}")
         if not _finite(start_time):
             raise ValueError(f"start_time must be a finite number of years. Received: {start_time!r}")
+        if check is not None and not callable(getattr(check, "measure", None)):
+            raise ValueError(f"check must be a VelocityCheck. Received: {type(check).__name__}")
         self.provider = provider
+        self.check = check
         self.smb_model = _as_smb(smb, geometry)
         self.cfl = float(cfl)
         self.dt_max = float(dt_max)
@@ -590,6 +611,10 @@ class Stepper:
             dtype = np.int64 if name == "n_steps" else float
             ds[name] = xr.Variable(("time",), np.array([r[name] for r in records], dtype),
                                    {"long_name": long_name, "units": units})
+        if self.check is not None or any(CHECK_NAMES[0] in r for r in records):
+            for name, (long_name, units) in CHECK_DIAGNOSTICS.items():
+                values = np.array([r.get(name, np.nan) for r in records], float)
+                ds[name] = xr.Variable(("time",), values, {"long_name": long_name, "units": units})
         smb_name = "none" if self.smb_model is None else type(self.smb_model).__name__
         ds.attrs.update({
             "title": "glacier_emulator transient run",
@@ -604,6 +629,9 @@ class Stepper:
             "start_time": self.start_time,
             "initial_volume": self.initial_volume,
         })
+        if self.check is not None:
+            ds.attrs["velocity_check_every"] = self.check.every
+            ds.attrs["velocity_check_reference"] = self.check.name
         return ds
 
     def run_until_and_store(
@@ -625,7 +653,9 @@ class Stepper:
             ``xarray.Dataset`` with ``thk``, ``usurf``, ``ubar``, ``vbar``, ``velbar_mag``,
             ``smb`` on ``(time, y, x)``, ``topg``, and the diagnostics ``volume``, ``area``,
             ``smb_volume``, ``outflow_volume``, ``clipped_volume``, ``budget_residual``,
-            ``max_speed``, ``dt``, ``n_steps`` on ``time``.
+            ``max_speed``, ``dt``, ``n_steps`` on ``time``; with a ``check``, also
+            ``velocity_check_error``, ``velocity_check_max_speed_difference`` and
+            ``velocity_check_wall_time`` (NaN at records without a check).
         """
         if not _finite(t):
             raise ValueError(f"t must be a finite time in years. Received: {t!r}")
@@ -645,19 +675,24 @@ class Stepper:
         records = []
         for target in times:
             self.run_until(target, on_step=on_step)
-            records.append(self.record())
+            record = self.record()
+            if self.check is not None and self.check.due(self.t, self.start_time):
+                record.update(self.check.measure(self._geometry, self.velocity))
+            records.append(record)
             if on_save is not None:
                 on_save(self.to_dataset(records))
         return self.to_dataset(records)
 
     @classmethod
     def from_config(cls, geometry: Geometry, provider: VelocityProvider, config: RunConfig,
-                    smb: SMBLike = None) -> "Stepper":
+                    smb: SMBLike = None, check=None) -> "Stepper":
         """A stepper with a :class:`RunConfig`'s settings: start time, time stepping
         (:meth:`RunConfig.stepper_settings`) and the domain-edge check.
 
         ``smb`` (a model, field, number or mapping) overrides ``config.smb``; with neither, or
-        with ``config.smb == "input"``, the geometry's own SMB field is used (if any).
+        with ``config.smb == "input"``, the geometry's own SMB field is used (if any). ``check``:
+        a :class:`~glacier_emulator.dynamics.check.VelocityCheck` (``config.check_every`` is
+        the interval the command line gives it).
 
         Example:
             >>> from glacier_emulator.data import example_config, example_geometry
@@ -669,7 +704,8 @@ class Stepper:
         if smb is None and config.smb != "input":
             smb = config.smb
         return cls(geometry, provider, smb, start_time=float(config.start_time),
-                   check_domain_edges=bool(config.check_domain_edges), **config.stepper_settings())
+                   check_domain_edges=bool(config.check_domain_edges), check=check,
+                   **config.stepper_settings())
 
     # ---------------------------------------------------------------- restart
     @classmethod
