@@ -460,6 +460,8 @@ def test_cli_run_check_every(tmp_path, capsys):
         np.testing.assert_array_equal(np.isfinite(ds["velocity_check_error"].values),
                                       [True, False, True, False, True])
         assert ds["velocity_check_error"].attrs["units"] == "1"
+    assert main(["plot", str(restarted), "-o", str(tmp_path / "fig.png")]) == 0
+    assert (tmp_path / "fig.png").stat().st_size > 1000
     assert main(base + ["-o", str(tmp_path / "bad.nc"), "--years", "2", "--check-every", "1.5"]) == 2
     assert main(base[:2] + ["--velocity", "solver", "-o", str(tmp_path / "bad.nc"), "--years", "1",
                             "--save-every", "1", "--check-every", "1"]) == 2

@@ -1,7 +1,8 @@
 """``glacier-emulator plot OUTPUT.nc -o FIGURE.png``: a quick look at a run's output.
 
 Three panels: the ice thickness and the depth-averaged speed at the last record (maps, ice-free
-nodes blank), and the ice volume through time. Drawn with matplotlib's Agg backend (no display
+nodes blank), and the ice volume through time (with the error of the velocity against the
+reference solver where the run was checked: ``run --check-every``). Drawn with matplotlib's Agg backend (no display
 needed).
 """
 from __future__ import annotations
@@ -77,6 +78,15 @@ def plot_run(ds, path, *, dpi: int = 120, title: str | None = None) -> Path:
     axes[2].set_ylabel("ice volume (km$^3$)")
     axes[2].set_title("ice volume")
     axes[2].grid(alpha=0.3)
+    check = (np.asarray(ds["velocity_check_error"].values, float) if "velocity_check_error" in ds
+             else np.array([]))
+    if np.isfinite(check).any():  # run --check-every: the velocity's error against the solver
+        checked = np.isfinite(check)
+        twin = axes[2].twinx()
+        twin.plot(years[checked], 100.0 * check[checked], "s--", color="tab:red")
+        twin.set_ylabel("ubar error against the solver (%)", color="tab:red")
+        twin.set_ylim(bottom=0.0)
+        axes[2].set_title("ice volume, and the velocity check")
     if title:
         fig.suptitle(title)
     path = Path(path)
