@@ -2,8 +2,8 @@
 
 Three panels: the ice thickness and the depth-averaged speed at the last record (maps, ice-free
 nodes blank), and the ice volume through time (with the error of the velocity against the
-reference solver where the run was checked: ``run --check-every``). Drawn with matplotlib's Agg backend (no display
-needed).
+reference solver where the run was checked: ``run --check-every``). Drawn with matplotlib's Agg
+backend (no display needed).
 """
 from __future__ import annotations
 

@@ -264,9 +264,8 @@ def _progress(total: float, start: float, *, label: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    import xarray as xr
-
     import numpy as np
+    import xarray as xr
 
     from ..dynamics.check import CHECK_DIAGNOSTICS, VelocityCheck
     from ..dynamics.stepper import Stepper
