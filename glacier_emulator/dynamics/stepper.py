@@ -86,7 +86,6 @@ DIAGNOSTICS = {
     "dt": ("length of the last time step before this record", UNITS["time"]),
     "n_steps": ("number of time steps since the start", "1"),
 }
-CHECK_NAMES = tuple(CHECK_DIAGNOSTICS)
 FIELDS = ("thk", "usurf", "ubar", "vbar", "velbar_mag", "smb")
 """Gridded output variables on (time, y, x)."""
 
@@ -611,7 +610,7 @@ class Stepper:
             dtype = np.int64 if name == "n_steps" else float
             ds[name] = xr.Variable(("time",), np.array([r[name] for r in records], dtype),
                                    {"long_name": long_name, "units": units})
-        if self.check is not None or any(CHECK_NAMES[0] in r for r in records):
+        if self.check is not None:  # only a checked run's records carry these (NaN: no check)
             for name, (long_name, units) in CHECK_DIAGNOSTICS.items():
                 values = np.array([r.get(name, np.nan) for r in records], float)
                 ds[name] = xr.Variable(("time",), values, {"long_name": long_name, "units": units})
