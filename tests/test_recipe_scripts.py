@@ -1,5 +1,5 @@
 """The scripts that make the shipped models' numbers and files, on a tiny model and two solved
-glaciers: ``training/set_symmetrise.py``, ``training/make_depth_averaged.py`` and
+glaciers: ``training/set_symmetrise.py``, ``training/make_depth_averaged.py``, ``training/widen.py`` and
 ``scripts/evaluate_model.py`` (the model card's held-out accuracy)."""
 from __future__ import annotations
 
@@ -146,3 +146,31 @@ def test_distill_labels_writes_the_models_prediction_as_training_labels(workdir,
     stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nc")}
     run_script(ROOT / "training" / "distill_labels.py", args, monkeypatch)  # resumes: nothing redone
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.nc")} == stamp
+
+
+def test_widen_keeps_the_prediction_and_connects_the_new_channels(workdir, monkeypatch):
+    """A wider network that starts from the source's function, and whose new channels can learn."""
+    import tensorflow as tf
+
+    run_script(ROOT / "training" / "widen.py",
+               [workdir / "tiny3d.keras", workdir / "wide.keras", "--filters", "12"], monkeypatch)
+    source, wide = Emulator.load(workdir / "tiny3d.keras"), Emulator.load(workdir / "wide.keras")
+    assert wide.model.filters == 12 and wide.metadata.architecture["filters"] == 12
+    assert wide.model.count_params() > 2 * source.model.count_params()
+    assert "8 filters" in wide.metadata.training_data["widened"]
+    geometry = read_geometry(workdir / "test" / "sample_00001.nc")
+    a, b = wide.predict_geometry(geometry), source.predict_geometry(geometry)
+    np.testing.assert_allclose(a.u, b.u, rtol=1e-5, atol=1e-5 * np.abs(b.u).max())
+    # the loss reaches the new channels: the head's weights from them get a non-zero gradient
+    x = tf.constant(wide.prepare_inputs(thickness=geometry.thickness, surface_slope=geometry.slopes(),
+                                        dx=geometry.dx, dy=geometry.dy))
+    head = wide.model.get_layer("velocity_head")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(wide.model(x) ** 2)
+    grad = tape.gradient(loss, head.kernel).numpy()
+    assert np.all(head.kernel.numpy()[:, :, 8:, :] == 0) and np.abs(grad[:, :, 8:, :]).max() > 0
+    args = [workdir / "wide.keras", workdir / "narrow.keras", "--filters", "8"]
+    monkeypatch.setattr(sys, "argv", ["widen.py"] + [str(a) for a in args])
+    with pytest.raises(SystemExit, match="narrower than"):
+        runpy.run_path(str(ROOT / "training" / "widen.py"), run_name="__main__")
+    assert not (workdir / "narrow.keras").exists()
