@@ -174,3 +174,16 @@ def test_widen_keeps_the_prediction_and_connects_the_new_channels(workdir, monke
     with pytest.raises(SystemExit, match="narrower than"):
         runpy.run_path(str(ROOT / "training" / "widen.py"), run_name="__main__")
     assert not (workdir / "narrow.keras").exists()
+
+
+def test_median_interval_brackets_the_median_and_narrows_with_more_glaciers():
+    """The card's bootstrap interval: around the sample median, about 1/sqrt(n) wide, seeded."""
+    interval = runpy.run_path(str(ROOT / "scripts" / "evaluate_model.py"))["median_interval"]
+    rng = np.random.default_rng(3)
+    few, many = rng.lognormal(np.log(0.05), 0.4, 40), rng.lognormal(np.log(0.05), 0.4, 640)
+    (lo, hi), (lo_many, hi_many) = interval(few), interval(many)
+    assert lo < np.median(few) < hi and lo_many < np.median(many) < hi_many
+    assert lo_many < 0.05 < hi_many  # the true median of the distribution
+    assert 2.0 < (hi - lo) / (hi_many - lo_many) < 8.0  # about sqrt(16) = 4
+    assert interval(few) == (lo, hi)
+    assert all(np.isnan(interval([0.1])))
