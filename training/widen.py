@@ -46,6 +46,8 @@ def widen(model, filters: int, *, seed: int = 0, init_scale: float = 1.0):
     Its predictions equal ``model``'s (see the module docstring); ``filters`` must not be smaller
     than ``model.filters``.
     """
+    import keras
+
     from glacier_emulator.models.unet import GlacierUNet
 
     if filters < model.filters:
@@ -54,7 +56,7 @@ def widen(model, filters: int, *, seed: int = 0, init_scale: float = 1.0):
     config["filters"] = int(filters)
     wide = GlacierUNet.from_config(config)
     rng = np.random.default_rng(seed)
-    old_f, new_f, depth, blocks = model.filters, int(filters), model.depth, model.blocks_per_level
+    old_f, new_f, depth = model.filters, int(filters), model.depth
 
     def width(level, f):
         return f * 2**level
@@ -66,10 +68,10 @@ def widen(model, filters: int, *, seed: int = 0, init_scale: float = 1.0):
         if kind == "bottom":
             level = depth
         else:
-            level = int(kind[-1]) if kind.startswith("down") else int(kind[2:])
+            level = int(kind[4:]) if kind.startswith("down") else int(kind[2:])
         if block > 0:  # the previous convolution of the same level
             return list(range(width(level, old_f))), width(level, new_f)
-        if kind == "down" + str(level) and level == 0:  # the (unchanged) inputs
+        if kind == "down0":  # the network's (unchanged) input channels
             n = model.get_layer(layer_name).get_weights()[0].shape[2]
             return list(range(n)), n
         if kind.startswith("down") or kind == "bottom":  # pooled output of the level above
@@ -80,7 +82,7 @@ def widen(model, filters: int, *, seed: int = 0, init_scale: float = 1.0):
         return index, below_new + width(level, new_f)
 
     for layer in model.layers:
-        if not isinstance(layer, __import__("keras").layers.Conv2D):
+        if not isinstance(layer, keras.layers.Conv2D):
             continue
         kernel, bias = layer.get_weights()
         target = wide.get_layer(layer.name)
