@@ -61,8 +61,9 @@ def widen(model, filters: int, *, seed: int = 0, init_scale: float = 1.0):
     def width(level, f):
         return f * 2**level
 
-    def block_input(layer_name):
-        """(old positions among the new inputs, number of new inputs) of a convolution's input."""
+    def block_input(layer_name, n_inputs):
+        """(old positions among the new inputs, number of new inputs) of a convolution's input;
+        ``n_inputs``: its input channels in the source."""
         kind, block = layer_name.rsplit("_conv", 1)
         block = int(block)
         if kind == "bottom":
@@ -72,8 +73,7 @@ def widen(model, filters: int, *, seed: int = 0, init_scale: float = 1.0):
         if block > 0:  # the previous convolution of the same level
             return list(range(width(level, old_f))), width(level, new_f)
         if kind == "down0":  # the network's (unchanged) input channels
-            n = model.get_layer(layer_name).get_weights()[0].shape[2]
-            return list(range(n)), n
+            return list(range(n_inputs)), n_inputs
         if kind.startswith("down") or kind == "bottom":  # pooled output of the level above
             return list(range(width(level - 1, old_f))), width(level - 1, new_f)
         # decoder: concat([upsampled level + 1, skip of this level])
@@ -91,7 +91,7 @@ def widen(model, filters: int, *, seed: int = 0, init_scale: float = 1.0):
             new_kernel[:, :, : kernel.shape[2], :] = kernel
             target.set_weights([new_kernel, bias])
             continue
-        index, n_in = block_input(layer.name)
+        index, n_in = block_input(layer.name, kernel.shape[2])
         out_new = target.get_weights()[0].shape[3]
         target.set_weights(list(widened_kernel(kernel, bias, index, n_in, out_new, rng, init_scale)))
     return wide
@@ -110,10 +110,10 @@ def main(argv=None) -> int:
     from glacier_emulator.emulator import Emulator
 
     source = Emulator.load(args.source)
-    if args.filters < source.model.filters:
-        raise SystemExit(f"widen.py: --filters {args.filters} is narrower than {args.source}'s "
-                         f"{source.model.filters}")
-    wide = widen(source.model, args.filters, seed=args.seed, init_scale=args.init_scale)
+    try:
+        wide = widen(source.model, args.filters, seed=args.seed, init_scale=args.init_scale)
+    except ValueError as exc:  # one line, no traceback, no file
+        raise SystemExit(f"widen.py: {args.source}: {exc}") from None
     rng = np.random.default_rng(1)
     x = np.zeros((2, 40, 56, source.model.in_channels), "float32")
     x[..., 0] = rng.uniform(0, 400, x.shape[:3]) * (rng.uniform(size=x.shape[:3]) > 0.2)
