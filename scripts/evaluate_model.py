@@ -30,9 +30,11 @@ from glacier_emulator.constants import SYMMETRISE_MODES, SYMMETRY_IMAGES
 from glacier_emulator.provenance import describe_machine, load_average, machine_info
 
 
-def evaluate(emulator, files, *, ubar_only=False):
+def evaluate(emulator, files, *, ubar_only=False, outside=None):
     """One row per converged test file; ``ubar_only`` skips what does not depend on the emulator's
-    symmetry averaging beyond ubar (the shallow-ice baseline, surface velocity, energy gap)."""
+    symmetry averaging beyond ubar (the shallow-ice baseline, surface velocity, energy gap).
+    Files whose grid spacing is outside the model's trained range (which the emulator refuses)
+    are left out; their names are appended to the list ``outside`` when one is given."""
     import tensorflow as tf
     import xarray as xr
 
@@ -53,6 +55,11 @@ def evaluate(emulator, files, *, ubar_only=False):
             vvel = ds["vvel"].values if levels else None
             kind = str(ds.attrs.get("kind", "unknown"))
         geometry = read_geometry(path)
+        lo, hi = emulator.metadata.grid_spacing_range
+        if not lo * (1 - 1e-9) <= geometry.dx <= hi * (1 + 1e-9):
+            if outside is not None:
+                outside.append(Path(path).name)
+            continue
         emulator.predict_geometry(geometry)  # warm-up for this grid size
         times = []
         for _ in range(3):
@@ -170,13 +177,14 @@ def main():
     from glacier_emulator.emulator import Emulator
 
     emulator = Emulator.load(args.model)
-    rows = evaluate(emulator, files)
+    outside = []
+    rows = evaluate(emulator, files, outside=outside)
     by_kind = defaultdict(list)
     for r in rows:
         by_kind[r["kind"]].append(r)
     accuracy = dict(
         symmetrise=emulator.model.symmetrise, test_files=len(rows), test_set=[str(t) for t in args.test], skipped_first=args.skip,
-        rel_l2_ubar=summarise(rows, "rel_l2_ubar"), rel_l2_surface=summarise(rows, "rel_l2_surface"),
+        outside_spacing_range=outside, rel_l2_ubar=summarise(rows, "rel_l2_ubar"), rel_l2_surface=summarise(rows, "rel_l2_surface"),
         energy_gap=summarise(rows, "energy_gap"), rel_l2_ubar_sia=summarise(rows, "rel_l2_ubar_sia"),
         per_kind={k: dict(rel_l2_ubar=summarise(v, "rel_l2_ubar"), rel_l2_surface=summarise(v, "rel_l2_surface"))
                   for k, v in sorted(by_kind.items())},
@@ -189,10 +197,12 @@ def main():
     extra_rows = {}
     for item in args.extra_test:
         name, _, folder = item.partition("=")
-        extra_rows[name] = evaluate(emulator, sorted(Path(folder).glob("*.nc")))
+        outside = []
+        extra_rows[name] = evaluate(emulator, sorted(Path(folder).glob("*.nc")), outside=outside)
         group = extra_rows[name]
         accuracy["extra"][name] = dict(
-            test_set=folder, test_files=len(group), rel_l2_ubar=summarise(group, "rel_l2_ubar"),
+            test_set=folder, test_files=len(group), outside_spacing_range=outside,
+            rel_l2_ubar=summarise(group, "rel_l2_ubar"),
             rel_l2_surface=summarise(group, "rel_l2_surface"), energy_gap=summarise(group, "energy_gap"),
             rel_l2_ubar_sia=summarise(group, "rel_l2_ubar_sia"),
             per_file=[{k: v for k, v in r.items() if k != "inference_s"} for r in group])
@@ -248,8 +258,13 @@ def write_card(args, json_path, accuracy, rows, extra_rows):
     def fmt(s, k):
         return f"{s[k]:.3f}" if s else "-"
 
-    for name, group in [("all", rows)] + sorted(by_kind.items()) + [
-            (f"{k} ({accuracy['extra'][k]['test_set']})", v) for k, v in extra_rows.items()]:
+    def left_out(acc):
+        n = len(acc.get("outside_spacing_range") or [])
+        return f"; {n} outside the grid-spacing range left out" if n else ""
+
+    for name, group in [("all" + left_out(accuracy).replace(";", ","), rows)] + sorted(by_kind.items()) + [
+            (f"{k} ({accuracy['extra'][k]['test_set']}{left_out(accuracy['extra'][k])})", v)
+            for k, v in extra_rows.items()]:
         a, b = summarise(group, "rel_l2_ubar"), summarise(group, "rel_l2_surface")
         c = summarise(group, "rel_l2_ubar_sia")
         low, high = median_interval([r["rel_l2_ubar"] for r in group])

@@ -122,6 +122,27 @@ def test_evaluate_model_measures_the_card_numbers(workdir, monkeypatch, capsys):
     assert again.read_text() == text + notes.read_text() + "\n"
 
 
+def test_evaluate_model_leaves_out_glaciers_outside_the_spacing_range(workdir, monkeypatch, capsys):
+    """A held-out set with a grid the model was not trained for (dx 300 m > 200 m): that glacier is
+    left out and named, the others are measured, and the card says how many were left out."""
+    import shutil
+    extra = workdir / "coarse"
+    extra.mkdir()
+    shutil.copy(workdir / "test" / "sample_00000.nc", extra / "sample_00000.nc")
+    geometry = cap(14, 150.0, dx=300.0)
+    write_velocity(solve(geometry, vertical=VERTICAL).velocity, geometry, extra / "sample_00001.nc",
+                   attrs={"solver_converged": 1, "kind": "icecap"})
+    model, card = workdir / "tiny3d.keras", workdir / "tiny3d.md"
+    run_script(ROOT / "scripts" / "evaluate_model.py",
+               [model, "--test", workdir / "test", "--extra-test", f"coarse={extra}", "--card", card], monkeypatch)
+    held = json.loads(model.with_suffix(".json").read_text())["accuracy"]["held_out"]
+    assert held["outside_spacing_range"] == [] and held["test_files"] == 2
+    coarse = held["extra"]["coarse"]
+    assert coarse["outside_spacing_range"] == ["sample_00001.nc"] and coarse["test_files"] == 1
+    assert coarse["per_file"][0]["rel_l2_ubar"] == pytest.approx(held["per_file"][0]["rel_l2_ubar"], rel=1e-6)
+    assert f"| coarse ({extra}; 1 outside the grid-spacing range left out) | 1 |" in card.read_text()
+
+
 def test_distill_labels_writes_the_models_prediction_as_training_labels(workdir, monkeypatch):
     """Rehearsal labels: geometry files labelled by a model's prediction, in the training format."""
     from glacier_emulator.learning.data import load_data
