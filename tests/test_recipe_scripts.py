@@ -197,6 +197,42 @@ def test_widen_keeps_the_prediction_and_connects_the_new_channels(workdir, monke
     assert not (workdir / "narrow.keras").exists()
 
 
+def test_evolved_states_labels_the_states_of_a_forward_run(workdir, monkeypatch):
+    """training/evolved_states.py: each geometry run forward under an ELA mass balance (here
+    with the shallow-ice model), the state at each year solved and written as a labelled sample
+    whose velocity is the solver's for the evolved thickness; deterministic and resumable."""
+    sys.path.insert(0, str(ROOT / "training"))
+    try:
+        import evolved_states
+    finally:
+        sys.path.remove(str(ROOT / "training"))
+    from glacier_emulator.io.netcdf import write_geometry
+    geo, out = workdir / "evo-geo", workdir / "evo"
+    geo.mkdir()
+    start = cap(14, 0.0)  # an ice-free rim: nothing flows out
+    write_geometry(start, geo / "sample_00000.nc")
+    args = [str(geo), "-o", str(out), "--years", "2", "5", "--model", "sia", "--seed", "3"]
+    assert evolved_states.main(args) == 0
+    files = sorted(out.glob("*.nc"))
+    assert [f.name for f in files] == ["sample_00000_year002.nc", "sample_00000_year005.nc"]
+    thickness = []
+    for f in files:
+        with xr.open_dataset(f) as ds:
+            assert int(ds.attrs["solver_converged"]) == 1 and ds.attrs["driven_by"] == "sia"
+            assert ds.attrs["ela_m"] == pytest.approx(evolved_states.ela_for(start, 0, 3, [40, 60, 75]))
+            thickness.append(ds["thk"].values)
+            geometry = read_geometry(f)
+            again = solve(geometry).velocity  # the label is the solver's velocity for this state
+            assert relative_l2(np.stack([again.ubar, again.vbar]), np.stack([ds["ubar"].values, ds["vbar"].values]),
+                               geometry.thickness > 0) < 1e-3
+    assert np.abs(thickness[0] - start.thickness).max() > 0.1  # the states did evolve
+    assert np.abs(thickness[1] - thickness[0]).max() > 0.1
+    stamp = [f.stat().st_mtime_ns for f in files]
+    assert evolved_states.main(args) == 0  # resumed: nothing redone
+    assert [f.stat().st_mtime_ns for f in files] == stamp
+    assert evolved_states.main([str(workdir / "nothing-here"), "-o", str(out)]) == 1
+
+
 def test_median_interval_brackets_the_median_and_narrows_with_more_glaciers():
     """The card's bootstrap interval: around the sample median, about 1/sqrt(n) wide, seeded."""
     interval = runpy.run_path(str(ROOT / "scripts" / "evaluate_model.py"))["median_interval"]

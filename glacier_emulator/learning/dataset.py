@@ -41,8 +41,8 @@ def make_dataset(
 
     from tqdm import tqdm
 
-    from ..io.netcdf import write_geometry, write_velocity
-    from ..numerics.solver import SolverConfig, solve
+    from ..io.netcdf import write_geometry
+    from ..numerics.solver import SolverConfig
 
     if samples < 1:
         raise ValueError(f"samples must be >= 1. Received: samples={samples!r}")
@@ -61,24 +61,39 @@ def make_dataset(
             write_geometry(geometry, path)
             done += 1
             continue
-        result = solve(geometry, physics=physics, vertical=vertical, config=solver_config)
-        not_converged += not result.converged
-        write_velocity(
-            result.velocity, geometry, path,
-            attrs={
-                "sample_index": index,
-                "seed": seed,
-                "kind": geometry.attrs.get("kind", ""),
-                "solver_converged": int(result.converged),
-                "solver_iterations": result.iterations,
-                "solver_tolerance": solver_config.tolerance,
-                "solver_gradient_tolerance": solver_config.gradient_tolerance,
-                "solver_energy": result.energy,
-                "solver_wall_time_s": result.wall_time,
-                "physics": repr(physics.to_dict()),
-                "vertical_levels": vertical.levels,
-                "vertical_spacing": vertical.spacing,
-            },
-        )
+        converged = label_geometry(geometry, path, physics=physics, vertical=vertical,
+                                   solver_config=solver_config,
+                                   attrs={"sample_index": index, "seed": seed,
+                                          "kind": geometry.attrs.get("kind", "")})
+        not_converged += not converged
         done += 1
     return {"written": done, "skipped": skipped, "not_converged": not_converged}
+
+
+def label_geometry(geometry, path, *, physics: Physics = DEFAULT_PHYSICS,
+                   vertical: VerticalDiscretisation = DEFAULT_VERTICAL, solver_config=None,
+                   attrs: Optional[dict] = None) -> bool:
+    """Solve ``geometry`` with the reference solver and write it as one labelled sample (the
+    solver's settings and convergence report, plus ``attrs``, as global attributes; written
+    atomically). Returns whether the solve converged."""
+    from ..io.netcdf import write_velocity
+    from ..numerics.solver import SolverConfig, solve
+
+    solver_config = solver_config or SolverConfig(tolerance=1e-9)
+    result = solve(geometry, physics=physics, vertical=vertical, config=solver_config)
+    write_velocity(
+        result.velocity, geometry, path,
+        attrs={
+            **(attrs or {}),
+            "solver_converged": int(result.converged),
+            "solver_iterations": result.iterations,
+            "solver_tolerance": solver_config.tolerance,
+            "solver_gradient_tolerance": solver_config.gradient_tolerance,
+            "solver_energy": result.energy,
+            "solver_wall_time_s": result.wall_time,
+            "physics": repr(physics.to_dict()),
+            "vertical_levels": vertical.levels,
+            "vertical_spacing": vertical.spacing,
+        },
+    )
+    return bool(result.converged)
