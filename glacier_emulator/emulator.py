@@ -187,6 +187,12 @@ class ModelMetadata:
         if not self.created:
             set_(self, "created", _now())
 
+    def covers_spacing(self, dx: float) -> bool:
+        """Whether grid spacing ``dx`` (m) lies in :attr:`grid_spacing_range` (the emulator
+        refuses others; a relative 1e-9 of slack for round-off)."""
+        lo, hi = self.grid_spacing_range
+        return bool(lo * (1 - 1e-9) <= float(dx) <= hi * (1 + 1e-9))
+
     @property
     def output_channels(self) -> int:
         """Number of output channels: 2 or ``2 * Nz``."""
@@ -814,8 +820,8 @@ class Emulator:
                 f"grid spacing dx = {dx:g} m and dy = {dy:g} m differ; the emulator needs square "
                 "cells (resample the grid)"
             )
-        lo, hi = self.metadata.grid_spacing_range
-        if not lo * (1 - 1e-9) <= dx <= hi * (1 + 1e-9):
+        if not self.metadata.covers_spacing(dx):
+            lo, hi = self.metadata.grid_spacing_range
             raise InputError(
                 f"grid spacing dx = {dx:g} m is outside the range {lo:g} to {hi:g} m that emulator "
                 f"{self.name!r} was trained for; resample the grid or use the reference solver"

@@ -55,8 +55,7 @@ def evaluate(emulator, files, *, ubar_only=False, outside=None):
             vvel = ds["vvel"].values if levels else None
             kind = str(ds.attrs.get("kind", "unknown"))
         geometry = read_geometry(path)
-        lo, hi = emulator.metadata.grid_spacing_range
-        if not lo * (1 - 1e-9) <= geometry.dx <= hi * (1 + 1e-9):
+        if not emulator.metadata.covers_spacing(geometry.dx):
             if outside is not None:
                 outside.append(Path(path).name)
             continue

@@ -448,3 +448,17 @@ def test_tiny_supervised_fit_lowers_the_error(solved_glaciers):
     after = error()
     print(f"relative L2 of ubar: {before:.3f} -> {after:.3f}")
     assert after < 0.5 * before, (before, after)
+
+
+def test_covers_spacing_is_the_rule_the_emulator_applies(tiny):
+    """``ModelMetadata.covers_spacing`` (used by scripts/evaluate_model.py to leave glaciers out)
+    says yes exactly where the emulator accepts the grid: the ends of the range included."""
+    args = dict(thickness=np.full((8, 8), 100.0), surface=np.full((8, 8), 1100.0))
+    for dx in (50.0, 120.0, 500.0, 49.9, 500.1):
+        covered = tiny.metadata.covers_spacing(dx)
+        assert covered == (50.0 <= dx <= 500.0)
+        if covered:
+            tiny.velocity(dx=dx, **args)
+        else:
+            with pytest.raises(InputError, match="outside the range"):
+                tiny.velocity(dx=dx, **args)
