@@ -32,8 +32,9 @@ def ela_for(geometry, index: int, seed: int, percentiles) -> float:
     return float(np.percentile(surface, rng.choice(list(percentiles))))
 
 
-def evolve_and_label(path, out, *, index, years, seed, percentiles, emulator, provider_name="emulator"):
-    """Run the geometry in ``path`` forward; label the states at ``years``; returns files written."""
+def evolve_and_label(path, out, *, index, years, seed, percentiles, emulator):
+    """Run the geometry in ``path`` forward with ``emulator`` (None: the shallow-ice model); label
+    the states at ``years``; returns the number of files written."""
     from glacier_emulator.dynamics import Stepper, make_provider
     from glacier_emulator.dynamics.smb import ELASMB
     from glacier_emulator.io import read_geometry
@@ -44,8 +45,9 @@ def evolve_and_label(path, out, *, index, years, seed, percentiles, emulator, pr
         return 0
     geometry = read_geometry(path)
     ela = ela_for(geometry, index, seed, percentiles)
-    smb = ELASMB.constant(ela=ela, gradabl=0.009, gradacc=0.005, accmax=2.0)
-    stepper = Stepper(geometry, make_provider(provider_name, emulator=emulator), smb)
+    smb = ELASMB.constant(ela=ela, gradabl=0.009, gradacc=0.005, accmax=2.0)  # the example run's gradients
+    provider = make_provider("sia" if emulator is None else "emulator", emulator=emulator)
+    stepper = Stepper(geometry, provider, smb)
     written = 0
     for year, target in zip(years, targets):
         stepper.run_until(float(year))
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="velocity3d-prior",
                    help="emulator driving the runs: a shipped name or a .keras file; 'sia' for the shallow-ice model")
     args = p.parse_args(argv)
-    from glacier_emulator.emulator import Emulator
+    from glacier_emulator.cli.predict import resolve_model
     from glacier_emulator.fields import InputError
 
     files = sorted(Path(args.geometries).glob("*.nc"))
@@ -84,16 +86,12 @@ def main(argv=None) -> int:
         print(f"--years must be increasing and positive; got {args.years}", file=sys.stderr)
         return 1
     Path(args.output).mkdir(parents=True, exist_ok=True)
-    emulator = None
-    if args.model != "sia":
-        emulator = (Emulator.load(args.model) if args.model.endswith(".keras")
-                    else Emulator.pretrained(args.model))
     written = 0
     try:
+        emulator = None if args.model == "sia" else resolve_model(args.model)
         for index in range(args.start, min(stop, len(files))):
             written += evolve_and_label(files[index], args.output, index=index, years=args.years,
-                                        seed=args.seed, percentiles=args.ela_percentiles, emulator=emulator,
-                                        provider_name="sia" if emulator is None else "emulator")
+                                        seed=args.seed, percentiles=args.ela_percentiles, emulator=emulator)
             print(f"{files[index].name}: done", file=sys.stderr, flush=True)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
