@@ -211,6 +211,10 @@ def test_evolved_states_labels_the_states_of_a_forward_run(workdir, monkeypatch)
     geo.mkdir()
     start = cap(14, 0.0)  # an ice-free rim: nothing flows out
     write_geometry(start, geo / "sample_00000.nc")
+    with xr.open_dataset(geo / "sample_00000.nc") as ds:  # the generator's files name the glacier type
+        typed = ds.load()
+    typed.attrs["kind"] = "icecap"
+    typed.to_netcdf(geo / "sample_00000.nc")
     args = [str(geo), "-o", str(out), "--years", "2", "5", "--model", "sia", "--seed", "3"]
     assert evolved_states.main(args) == 0
     files = sorted(out.glob("*.nc"))
@@ -219,6 +223,7 @@ def test_evolved_states_labels_the_states_of_a_forward_run(workdir, monkeypatch)
     for f in files:
         with xr.open_dataset(f) as ds:
             assert int(ds.attrs["solver_converged"]) == 1 and ds.attrs["driven_by"] == "sia"
+            assert ds.attrs["kind"] == "icecap"
             assert ds.attrs["ela_m"] == pytest.approx(evolved_states.ela_for(start, 0, 3, [40, 60, 75]))
             thickness.append(ds["thk"].values)
             geometry = read_geometry(f)

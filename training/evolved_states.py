@@ -39,11 +39,14 @@ def evolve_and_label(path, out, *, index, years, seed, percentiles, emulator):
     from glacier_emulator.dynamics.smb import ELASMB
     from glacier_emulator.io import read_geometry
     from glacier_emulator.learning.dataset import label_geometry
+    import xarray as xr
 
     targets = [Path(out) / f"sample_{index:05d}_year{int(y):03d}.nc" for y in years]
     if all(t.exists() for t in targets):
         return 0
     geometry = read_geometry(path)
+    with xr.open_dataset(path) as ds:  # the generator's glacier type (read_geometry keeps the grid only)
+        kind = str(ds.attrs.get("kind", ""))
     ela = ela_for(geometry, index, seed, percentiles)
     smb = ELASMB.constant(ela=ela, gradabl=0.009, gradacc=0.005, accmax=2.0)  # the example run's gradients
     provider = make_provider("sia" if emulator is None else "emulator", emulator=emulator)
@@ -54,7 +57,7 @@ def evolve_and_label(path, out, *, index, years, seed, percentiles, emulator):
         if target.exists():
             continue
         label_geometry(stepper.geometry, target, attrs={
-            "sample_index": index, "seed": seed, "kind": geometry.attrs.get("kind", ""),
+            "sample_index": index, "seed": seed, "kind": kind,
             "source": Path(path).name, "ela_m": ela, "years_evolved": float(year),
             "driven_by": "sia" if emulator is None else f"{emulator.name} {emulator.metadata.version}",
         })
