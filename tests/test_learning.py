@@ -301,6 +301,35 @@ def test_relative_energy_weighting_divides_each_gradient_by_its_own_energy(datas
         LossConfig(energy_weighting="speed")
 
 
+@pytest.mark.parametrize("mode", ["supervised", "hybrid"])
+def test_an_example_without_ice_adds_nothing_to_the_loss(dataset, mode):
+    """A training crop can miss a small glacier altogether (a retreated state of a forward run):
+    such an example has loss 0 and gradient 0, and the other examples' loss is unchanged (it
+    was 0/0 = NaN in the relative supervised loss, and stopped a training run)."""
+    from glacier_emulator.learning.losses import LossConfig, Objective
+
+    data = load_data([dataset / "train" / "sample_00000.nc"])
+    fields = np.stack([data.samples[0].fields] * 2)
+    fields[1, ..., 0] = 0.0                                       # the second one: no ice
+    fields = tf.constant(fields)
+    spacing = tf.constant([[100.0, 100.0], [100.0, 100.0]])
+    u, v = label_levels(fields, data.layout)
+    y = tf.concat([tf.transpose(u, [0, 2, 3, 1]), tf.transpose(v, [0, 2, 3, 1])], -1) * 1.1
+    objective = Objective(mode=mode, layout=data.layout, vertical=data.vertical,
+                          physics=data.physics, config=LossConfig(),
+                          energy=make_energy_fn(physics=data.physics, vertical=data.vertical))
+    with tf.GradientTape() as tape:
+        tape.watch(y)
+        loss, parts = objective(y, fields, spacing)
+        total = tf.reduce_sum(loss)
+    grad = tape.gradient(total, y).numpy()
+    assert np.isfinite(loss.numpy()).all() and np.isfinite(grad).all()
+    assert parts["supervised"].numpy()[1] == 0.0 and np.all(grad[1] == 0.0)
+    assert parts["supervised"].numpy()[0] == pytest.approx(0.01, rel=1e-3)  # (1.1 - 1)^2 with the floor's small share
+    single, _ = objective(y[:1], fields[:1], spacing[:1])
+    assert loss.numpy()[0] == pytest.approx(single.numpy()[0], rel=1e-6)
+
+
 # ------------------------------------------------------------------------- training
 def _val(result, key):
     values = [v[key] for v in result["validation"]]

@@ -193,7 +193,8 @@ def supervised_loss(y, fields_, *, layout: Layout, vertical: VerticalDiscretisat
     n_ice = tf.reduce_sum(ice, axis=[1, 2, 3])
     if config.supervised == "relative":
         ref = tf.reduce_sum(tf.square(target) * ice, axis=[1, 2, 3])
-        return err / (ref + n_ice * channels * config.velocity_floor**2)
+        # an example without ice (a training crop that missed the glacier) contributes 0, not 0/0
+        return tf.math.divide_no_nan(err, ref + n_ice * channels * config.velocity_floor**2)
     return err / (tf.maximum(n_ice, 1.0) * channels * config.velocity_scale**2)
 
 
