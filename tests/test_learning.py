@@ -537,6 +537,21 @@ def test_early_stopping_keeps_the_best_weights(dataset, tmp_path):
         result["validation"][0]["val_rel_l2"], rel=1e-6)
 
 
+def test_keep_final_saves_the_last_steps_weights(dataset, tmp_path):
+    """``keep: final``: the model file gets the weights of the last step even when an earlier
+    validation scored best (here the first: the learning rate is too small to change the
+    score), and its accuracy is measured on them; ``keep: best`` picks the first."""
+    runs = {}
+    for keep in ("best", "final"):
+        config = tiny_config(steps=6, validate_every=2, learning_rate=1e-9, keep=keep)
+        runs[keep] = train([dataset / "train"], tmp_path / f"{keep}.keras", config,
+                           validation=[dataset / "validation"])
+    assert runs["best"]["final"]["step"] == 0 and runs["final"]["final"]["step"] == 6
+    assert json.loads((tmp_path / "final.json").read_text())["accuracy"]["step"] == 6
+    with pytest.raises(ValueError, match="keep"):
+        TrainConfig(keep="last")
+
+
 # ------------------------------------------------------------------------- errors
 def _broken_copy(src, dst, *, drop=None, nan=None):
     ds = xr.open_dataset(src).load()

@@ -22,7 +22,7 @@ Files written next to ``OUTPUT.keras``:
   ``resume=True`` continues the same sequence of batches and the same loss curve;
 * ``OUTPUT.log.csv``: step, loss (and its terms), learning rate, validation metrics, wall time;
 * at the end ``OUTPUT.keras`` + ``OUTPUT.json`` via :meth:`glacier_emulator.emulator.Emulator.save`
-  (no optimizer state), with the best validation weights and metadata: data, config, mode and
+  (no optimizer state), with the best validation weights (``keep: final``: the last step's) and metadata: data, config, mode and
   the measured validation accuracy.
 
 Training draws the initial weights after ``keras.utils.set_random_seed(seed)`` (which seeds
@@ -103,10 +103,14 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints (also at the last step).
         keep_checkpoints: how many checkpoints to keep.
         early_stopping_patience: stop after this many validations without improvement of
-            ``monitor`` (0: never); the model file gets the weights of the best validation.
+            ``monitor`` (0: never); with ``keep: best`` the model file gets the weights of the
+            best validation.
         early_stopping_min_delta: an improvement is a decrease of ``monitor`` by more than this.
         monitor: the validation metric to select and stop on; ``"auto"``: ``val_rel_l2`` for
             supervised and hybrid, ``val_physics`` (the normalised energy) for physics training.
+        keep: the weights the model file gets: ``"best"`` (of ``monitor`` over the validations)
+            or ``"final"`` (of the last step, when the pooled ``monitor`` is not the measure the
+            run is judged by; validation is still run, logged and drives early stopping).
         log_every: steps between rows of the CSV log (validation steps always get one).
         seed: seed of the weights, the split and the data stream.
         jit_energy: XLA-compile the energy. Off by default: for the per-example energy of
@@ -151,6 +155,7 @@ class TrainConfig:
     early_stopping_patience: int = 0
     early_stopping_min_delta: float = 0.0
     monitor: str = "auto"
+    keep: str = "best"
     log_every: int = 1
     seed: int = 0
     jit_energy: bool = False
@@ -173,6 +178,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}. Received: {self.schedule!r}")
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor must be one of {MONITORS}. Received: {self.monitor!r}")
+        if self.keep not in ("best", "final"):
+            raise ValueError(f"keep must be 'best' or 'final'. Received: {self.keep!r}")
         positive = ("steps", "batch_size", "validate_every", "checkpoint_every", "keep_checkpoints",
                     "log_every")
         for name in positive:
@@ -821,7 +828,8 @@ def train(
         return result
 
     # ---- select the best weights, measure, save
-    if val_data.samples and best_manager.latest_checkpoint:
+    selected_best = config.keep == "best" and bool(val_data.samples) and bool(best_manager.latest_checkpoint)
+    if selected_best:
         best_checkpoint.restore(best_manager.latest_checkpoint).expect_partial()
     measured_on = val_data if val_data.samples else train_data
     final = evaluate(model, measured_on, objective=objective, batch_size=global_batch,
@@ -829,7 +837,7 @@ def train(
     accuracy = {
         "dataset": "validation" if val_data.samples else "training (no validation split)",
         "samples": int(final.get("samples", 0)),
-        "step": int(best_step_var.numpy()) if val_data.samples and best_step_var.numpy() >= 0 else final_step,
+        "step": int(best_step_var.numpy()) if selected_best and best_step_var.numpy() >= 0 else final_step,
         "monitor": monitor,
     }
     for key, name in (("rel_l2", "relative_l2_ubar"), ("energy_gap", "energy_gap"),
