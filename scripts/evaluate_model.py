@@ -29,6 +29,8 @@ import numpy as np
 from glacier_emulator.constants import SYMMETRISE_MODES, SYMMETRY_IMAGES
 from glacier_emulator.provenance import describe_machine, load_average, machine_info
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def evaluate(emulator, files, *, ubar_only=False, outside=None):
     """One row per converged test file; ``ubar_only`` skips what does not depend on the emulator's
@@ -115,12 +117,25 @@ def median_interval(values, level=0.9, resamples=10000, seed=0):
     return tuple(float(v) for v in np.percentile(medians, [tail, 100.0 - tail]))
 
 
+def recipe_file(name: str, version: str, configs: Path = ROOT / "training" / "configs") -> str:
+    """The recipe of a model: the config in ``configs`` with its name and version (a model has
+    several stages, each a config of the same name), else ``NAME.yaml``; repository-relative."""
+    import yaml
+
+    for path in sorted(configs.glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        if cfg.get("name") == name and str(cfg.get("version")) == str(version):
+            return f"training/configs/{path.name}"
+    return f"training/configs/{name}.yaml"
+
+
 def _training_summary(md) -> str:
     td = dict(md.get("training_data") or {})
     cfg = dict(td.get("config") or {})
     source = td.get("derived_from")
-    recipe = (f"derived from {source}; recipe of the source: `training/configs/{cfg.get('name', '?')}.yaml`"
-              if source else f"recipe: `training/configs/{md['name']}.yaml`")
+    recipe = (f"derived from {source}; recipe of the source: "
+              f"`{recipe_file(cfg.get('name', '?'), cfg.get('version', ''))}`"
+              if source else f"recipe: `{recipe_file(md['name'], cfg.get('version', md.get('version', '')))}`")
     commands = "training/README.md"
     if td.get("recipe"):  # the GPU recipe (training/gpu/import_weights.py writes these facts)
         recipe = f"recipe: `{td['recipe']}`" + (f" from {td['init_from']}" if td.get("init_from") else "")

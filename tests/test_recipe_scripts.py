@@ -122,6 +122,19 @@ def test_evaluate_model_measures_the_card_numbers(workdir, monkeypatch, capsys):
     assert again.read_text() == text + notes.read_text() + "\n"
 
 
+def test_model_card_names_the_recipe_of_the_models_version(tmp_path):
+    """A model trained in stages has one config per stage, all of its name: the card names the
+    one whose version is the model's (the shipped configs, and a stage added beside them)."""
+    script = runpy.run_path(str(ROOT / "scripts" / "evaluate_model.py"))
+    recipe_file = script["recipe_file"]
+    assert recipe_file("velocity3d-prior", "1.4.0") == "training/configs/velocity3d-prior.yaml"
+    assert recipe_file("velocity3d-prior", "1.3.0") == "training/configs/velocity3d-prior-base.yaml"
+    (tmp_path / "stage9.yaml").write_text("name: velocity3d-prior\nversion: 9.0.0\n")
+    (tmp_path / "other.yaml").write_text("name: another\nversion: 9.0.0\n")
+    assert recipe_file("velocity3d-prior", "9.0.0", tmp_path) == "training/configs/stage9.yaml"
+    assert recipe_file("unknown", "1.0.1", tmp_path) == "training/configs/unknown.yaml"
+
+
 def test_evaluate_model_leaves_out_glaciers_outside_the_spacing_range(workdir, monkeypatch, capsys):
     """A held-out set with a grid the model was not trained for (dx 300 m > 200 m): that glacier is
     left out and named, the others are measured, and the card says how many were left out."""
