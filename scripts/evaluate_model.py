@@ -133,9 +133,11 @@ def _training_summary(md) -> str:
     td = dict(md.get("training_data") or {})
     cfg = dict(td.get("config") or {})
     source = td.get("derived_from")
-    recipe = (f"derived from {source}; recipe of the source: "
-              f"`{recipe_file(cfg.get('name', '?'), cfg.get('version', ''))}`"
-              if source else f"recipe: `{recipe_file(md['name'], cfg.get('version', md.get('version', '')))}`")
+    if source:
+        recipe = (f"derived from {source}; recipe of the source: "
+                  f"`{recipe_file(cfg.get('name', '?'), cfg.get('version', ''))}`")
+    else:
+        recipe = f"recipe: `{recipe_file(md['name'], cfg.get('version', md.get('version', '')))}`"
     commands = "training/README.md"
     if td.get("recipe"):  # the GPU recipe (training/gpu/import_weights.py writes these facts)
         recipe = f"recipe: `{td['recipe']}`" + (f" from {td['init_from']}" if td.get("init_from") else "")

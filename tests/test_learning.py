@@ -325,7 +325,8 @@ def test_an_example_without_ice_adds_nothing_to_the_loss(dataset, mode):
     grad = tape.gradient(total, y).numpy()
     assert np.isfinite(loss.numpy()).all() and np.isfinite(grad).all()
     assert parts["supervised"].numpy()[1] == 0.0 and np.all(grad[1] == 0.0)
-    assert parts["supervised"].numpy()[0] == pytest.approx(0.01, rel=1e-3)  # (1.1 - 1)^2 with the floor's small share
+    # (1.1 - 1)^2, less the floor's small share
+    assert parts["supervised"].numpy()[0] == pytest.approx(0.01, rel=1e-3)
     single, _ = objective(y[:1], fields[:1], spacing[:1])
     assert loss.numpy()[0] == pytest.approx(single.numpy()[0], rel=1e-6)
 

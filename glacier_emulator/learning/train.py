@@ -22,8 +22,8 @@ Files written next to ``OUTPUT.keras``:
   ``resume=True`` continues the same sequence of batches and the same loss curve;
 * ``OUTPUT.log.csv``: step, loss (and its terms), learning rate, validation metrics, wall time;
 * at the end ``OUTPUT.keras`` + ``OUTPUT.json`` via :meth:`glacier_emulator.emulator.Emulator.save`
-  (no optimizer state), with the best validation weights (``keep: final``: the last step's) and metadata: data, config, mode and
-  the measured validation accuracy.
+  (no optimizer state), with the best validation weights (``keep: final``: the last step's) and
+  metadata: data, config, mode and the measured validation accuracy.
 
 Training draws the initial weights after ``keras.utils.set_random_seed(seed)`` (which seeds
 Python's, NumPy's and TensorFlow's global generators).
