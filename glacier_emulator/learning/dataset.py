@@ -42,13 +42,11 @@ def make_dataset(
     from tqdm import tqdm
 
     from ..io.netcdf import write_geometry
-    from ..numerics.solver import SolverConfig
 
     if samples < 1:
         raise ValueError(f"samples must be >= 1. Received: samples={samples!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    solver_config = solver_config or SolverConfig(tolerance=1e-9)
     done = skipped = not_converged = 0
     disable = (not sys.stderr.isatty()) if progress is None else not progress
     for index in tqdm(range(start, start + samples), desc="solving", unit="glacier", disable=disable):
