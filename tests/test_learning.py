@@ -553,6 +553,24 @@ def test_keep_final_saves_the_last_steps_weights(dataset, tmp_path):
         TrainConfig(keep="last")
 
 
+def test_grid_spacing_range_is_declared_in_the_config_and_checked_against_the_data(dataset, tmp_path):
+    """``grid_spacing_range`` goes into the metadata (the glaciers, all at 100 m, were "drawn"
+    from 50-200 m) with the spacings seen; a range that leaves out a training glacier is refused
+    before training, naming the file; without it the range is that of the data."""
+    config = tiny_config(steps=2, validate_every=2, grid_spacing_range=[50, 200])
+    train([dataset / "train"], tmp_path / "declared.keras", config, validation=[dataset / "validation"])
+    meta = json.loads((tmp_path / "declared.json").read_text())
+    assert meta["grid_spacing"] == {"min": 50.0, "max": 200.0, "units": "m"}
+    assert meta["training_data"]["grid_spacings_seen"] == {"min": 100.0, "max": 100.0, "units": "m"}
+    with pytest.raises(InputError, match=r"sample_\d+\.nc: grid spacing 100 x 100 m is outside"):
+        train([dataset / "train"], tmp_path / "narrow.keras", tiny_config(grid_spacing_range=[120, 200]),
+              validation=[dataset / "validation"])
+    assert not (tmp_path / "narrow.keras").exists()
+    for bad in ([200, 50], [0, 100], [50], "50-200"):
+        with pytest.raises(ValueError, match="grid_spacing_range"):
+            TrainConfig(grid_spacing_range=bad)
+
+
 # ------------------------------------------------------------------------- errors
 def _broken_copy(src, dst, *, drop=None, nan=None):
     ds = xr.open_dataset(src).load()

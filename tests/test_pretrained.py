@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from glacier_emulator import Geometry
 from glacier_emulator.emulator import Emulator, list_pretrained
 from glacier_emulator.fields import relative_l2
 from glacier_emulator.io import read_geometry
@@ -45,6 +46,26 @@ def test_model_card_reports_held_out_accuracy(name):
     text = card.read_text()
     assert f"{held['rel_l2_ubar']['median']:.3f}" in text
     assert "training/" in text and "Valid" in text
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_accepts_every_grid_spacing_from_50_to_200_m(name):
+    """The generator draws the training glaciers' spacing from 50-200 m, the cards and the issue
+    say 50-200 m: the model predicts on a grid at either end (the same glacier at dx = 50 and
+    200 m: a finite, non-zero velocity) and the metadata records the spacings it saw."""
+    emulator = Emulator.pretrained(name)
+    reference = read_geometry(DATA / "reference_input.nc")
+    lo, hi = emulator.metadata.grid_spacing_range
+    assert lo <= 50.0 and hi >= 200.0
+    for dx in (50.0, 200.0):
+        assert emulator.metadata.covers_spacing(dx)
+        geometry = Geometry(thickness=reference.thickness, bed=reference.bed, dx=dx,
+                            sliding_coefficient=reference.sliding_coefficient,
+                            rate_factor=reference.rate_factor)
+        v = emulator.predict_geometry(geometry)
+        assert np.all(np.isfinite(v.ubar)) and np.abs(v.ubar).max() > 0
+    seen = emulator.metadata.training_data["grid_spacings_seen"]
+    assert lo <= seen["min"] <= seen["max"] <= hi
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,6 +1,7 @@
 """The scripts that make the shipped models' numbers and files, on a tiny model and two solved
-glaciers: ``training/set_symmetrise.py``, ``training/make_depth_averaged.py``, ``training/widen.py`` and
-``scripts/evaluate_model.py`` (the model card's held-out accuracy)."""
+glaciers: ``training/set_symmetrise.py``, ``training/set_spacing_range.py``,
+``training/make_depth_averaged.py``, ``training/widen.py`` and ``scripts/evaluate_model.py``
+(the model card's held-out accuracy)."""
 from __future__ import annotations
 
 import json
@@ -76,6 +77,28 @@ def test_set_symmetrise_writes_the_same_weights_with_the_new_mode(workdir, monke
     a = out.predict_geometry(geometry)
     b = source.with_symmetrise("dihedral").predict_geometry(geometry)
     np.testing.assert_allclose(a.u, b.u, rtol=1e-6, atol=1e-6)
+
+
+def test_set_spacing_range_widens_the_range_and_keeps_the_weights(workdir, monkeypatch):
+    source = Emulator.load(workdir / "tiny3d.keras")
+    narrow = Emulator(source.model, ModelMetadata.from_model(
+        source.model, name="tiny3d", vertical=VERTICAL, grid_spacing_range=(50.3, 199.7),
+        training_data={"description": "untrained"}))
+    narrow.save(workdir / "narrow.keras")
+    script = ROOT / "training" / "set_spacing_range.py"
+    run_script(script, [workdir / "narrow.keras", workdir / "wide.keras", "--range", 50, 200], monkeypatch)
+    wide = Emulator.load(workdir / "wide.keras")
+    assert wide.metadata.grid_spacing_range == (50.0, 200.0) and wide.metadata.covers_spacing(200.0)
+    assert not narrow.metadata.covers_spacing(200.0)
+    assert wide.metadata.training_data["grid_spacings_seen"]["max"] == 199.7
+    geometry = read_geometry(workdir / "test" / "sample_00000.nc")
+    np.testing.assert_array_equal(wide.predict_geometry(geometry).u, narrow.predict_geometry(geometry).u)
+    # a range is only widened: one that leaves out spacings the model was trained on is refused
+    monkeypatch.setattr(sys, "argv", [str(script), str(workdir / "narrow.keras"),
+                                      str(workdir / "moved.keras"), "--range", "60", "200"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 2 and not (workdir / "moved.keras").exists()
 
 
 def test_make_depth_averaged_keeps_the_mode_and_the_depth_average(workdir, monkeypatch):

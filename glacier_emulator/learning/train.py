@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -131,6 +131,12 @@ class TrainConfig:
         vertical: :class:`~glacier_emulator.constants.VerticalDiscretisation` of the levels
             (default: those of the 3-D labels).
         loss: :class:`~glacier_emulator.learning.losses.LossConfig` settings.
+        grid_spacing_range: ``[min, max]`` grid spacing (m) the model is declared valid for,
+            written into its metadata (``Emulator`` refuses grids outside it): the range the
+            training glaciers were drawn from (``make-dataset`` draws 50-200 m). It must contain
+            every training glacier's spacing. None: the smallest and largest spacing of the
+            training glaciers (which, for glaciers drawn from 50-200 m, refuses 200 m exactly).
+            The spacings seen are recorded either way (``training_data["grid_spacings_seen"]``).
         name, description, version, default: written into the model metadata (name: the file
             stem unless given; ``default``: the model ``Emulator.pretrained()`` picks).
     """
@@ -165,6 +171,7 @@ class TrainConfig:
     physics: Dict[str, Any] = field(default_factory=dict)
     vertical: Dict[str, Any] = field(default_factory=dict)
     loss: Dict[str, Any] = field(default_factory=dict)
+    grid_spacing_range: Optional[List[float]] = None
     name: Optional[str] = None
     description: str = ""
     version: str = "0.0.0"
@@ -217,6 +224,15 @@ class TrainConfig:
                 raise ValueError("speed_scaling must be [low, high] with 0 < low <= high. "
                                  f"Received: speed_scaling={bounds!r}")
             set_(self, "speed_scaling", [float(b) for b in bounds])
+        if self.grid_spacing_range is not None:
+            bounds = self.grid_spacing_range
+            ok = (isinstance(bounds, (list, tuple)) and len(bounds) == 2
+                  and all(isinstance(b, (int, float)) and np.isfinite(b) for b in bounds)
+                  and 0 < bounds[0] <= bounds[1])
+            if not ok:
+                raise ValueError("grid_spacing_range must be [min, max] in m with 0 < min <= max. "
+                                 f"Received: grid_spacing_range={bounds!r}")
+            set_(self, "grid_spacing_range", [float(b) for b in bounds])
         if isinstance(self.crop_size, (list, tuple)):
             set_(self, "crop_size", [int(c) for c in self.crop_size])
         for name in ("model", "physics", "vertical", "loss"):
@@ -536,6 +552,24 @@ def make_evaluator(model, objective: Objective):
 
 
 # ------------------------------------------------------------------------------ training
+def _spacing_range(config: TrainConfig, data) -> Tuple[float, float]:
+    """The grid-spacing range the model is declared valid for (``config.grid_spacing_range``,
+    which must contain every training glacier's spacing), else that of the training glaciers."""
+    spacings = np.asarray(data.spacings, dtype=float).reshape(len(data.files), -1)
+    if config.grid_spacing_range is None:
+        return float(spacings.min()), float(spacings.max())
+    lo, hi = config.grid_spacing_range
+    outside = [(f, row) for f, row in zip(data.files, spacings)
+               if not (lo * (1 - 1e-9) <= row.min() and row.max() <= hi * (1 + 1e-9))]
+    if outside:
+        f, row = outside[0]
+        raise InputError(f"{f}: grid spacing {' x '.join(f'{v:g}' for v in row)} m is outside "
+                         f"grid_spacing_range "
+                         f"{lo:g}-{hi:g} m of the training config ({len(outside)} file(s) are); "
+                         "widen the range or leave those files out")
+    return float(lo), float(hi)
+
+
 def train(
     files: Sequence[PathLike],
     output_path: PathLike,
@@ -617,6 +651,7 @@ def train(
         train_data, val_data = data.split(validation_fraction=config.validation_fraction,
                                           seed=config.seed)
     crop = resolve_crop(train_data, config.crop_size)
+    spacing_range = _spacing_range(config, train_data)
     if config.speed_scaling is not None and in_channels < 5:
         raise ValueError(f"speed_scaling needs the rate factor as a model input (in_channels >= 5); "
                          f"the model has in_channels={in_channels}")
@@ -852,6 +887,7 @@ def train(
         return result
     spacings = train_data.spacings
     training_data = {
+        "grid_spacings_seen": {"min": float(spacings.min()), "max": float(spacings.max()), "units": "m"},
         "mode": config.mode,
         "files": list(train_data.files),
         "validation_files": list(val_data.files),
@@ -872,8 +908,7 @@ def train(
             f"(basal_fraction={loss_config.basal_fraction}) for the energy")
     metadata = ModelMetadata.from_model(
         model, name=config.name or output.stem, physics=physics, vertical=vertical,
-        grid_spacing_range=(float(spacings.min()), float(spacings.max())),
-        training_data=training_data, accuracy=accuracy,
+        grid_spacing_range=spacing_range, training_data=training_data, accuracy=accuracy,
         description=config.description or f"GlacierUNet trained ({config.mode}) by glacier-emulator train",
         version=config.version, default=bool(config.default),
     )
