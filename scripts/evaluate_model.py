@@ -253,9 +253,12 @@ def write_card(args, json_path, accuracy, rows, extra_rows):
         lines.append(f"| {inp['name']} | {inp.get('units', '')} | {inp.get('scale', '')} |")
     out = md["outputs"]
     grid = md.get("grid_spacing", {})
+    seen = (md.get("training_data") or {}).get("grid_spacings_seen")
     lines += ["", f"Outputs: {out.get('kind')} ({len(out.get('names', []))} channels), "
               f"{out.get('units')}; levels: {md.get('vertical')}.", "",
-              f"Valid grid spacing (that of the training data): {grid.get('min'):.0f}-{grid.get('max'):.0f} m. "
+              f"Valid grid spacing (others are refused): {grid.get('min'):g}-{grid.get('max'):g} m"
+              + (f" (the training glaciers': {seen['min']:.1f}-{seen['max']:.1f} m). " if seen else ". ")
+              +
               "Inputs outside these plausibility ranges are refused on every call: "
               + ", ".join(f"{k} {v['min']:g} to {v['max']:g} {v.get('units', '')}".rstrip()
                           for k, v in (md.get("input_ranges") or {}).items())
