@@ -1,7 +1,7 @@
 """The scripts that make the shipped models' numbers and files, on a tiny model and two solved
 glaciers: ``training/set_symmetrise.py``, ``training/set_spacing_range.py``,
-``training/make_depth_averaged.py``, ``training/widen.py`` and ``scripts/evaluate_model.py``
-(the model card's held-out accuracy)."""
+``training/average_weights.py``, ``training/make_depth_averaged.py``, ``training/widen.py`` and
+``scripts/evaluate_model.py`` (the model card's held-out accuracy)."""
 from __future__ import annotations
 
 import json
@@ -84,21 +84,47 @@ def test_set_spacing_range_widens_the_range_and_keeps_the_weights(workdir, monke
     narrow = Emulator(source.model, ModelMetadata.from_model(
         source.model, name="tiny3d", vertical=VERTICAL, grid_spacing_range=(50.3, 199.7),
         training_data={"description": "untrained"}))
-    narrow.save(workdir / "narrow.keras")
+    narrow.save(workdir / "spacing-narrow.keras")
     script = ROOT / "training" / "set_spacing_range.py"
-    run_script(script, [workdir / "narrow.keras", workdir / "wide.keras", "--range", 50, 200], monkeypatch)
-    wide = Emulator.load(workdir / "wide.keras")
+    run_script(script, [workdir / "spacing-narrow.keras", workdir / "spacing-wide.keras", "--range", 50, 200], monkeypatch)
+    wide = Emulator.load(workdir / "spacing-wide.keras")
     assert wide.metadata.grid_spacing_range == (50.0, 200.0) and wide.metadata.covers_spacing(200.0)
     assert not narrow.metadata.covers_spacing(200.0)
     assert wide.metadata.training_data["grid_spacings_seen"]["max"] == 199.7
     geometry = read_geometry(workdir / "test" / "sample_00000.nc")
     np.testing.assert_array_equal(wide.predict_geometry(geometry).u, narrow.predict_geometry(geometry).u)
     # a range is only widened: one that leaves out spacings the model was trained on is refused
-    monkeypatch.setattr(sys, "argv", [str(script), str(workdir / "narrow.keras"),
-                                      str(workdir / "moved.keras"), "--range", "60", "200"])
+    monkeypatch.setattr(sys, "argv", [str(script), str(workdir / "spacing-narrow.keras"),
+                                      str(workdir / "spacing-moved.keras"), "--range", "60", "200"])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(script), run_name="__main__")
-    assert exit_info.value.code == 2 and not (workdir / "moved.keras").exists()
+    assert exit_info.value.code == 2 and not (workdir / "spacing-moved.keras").exists()
+
+
+def test_average_weights_is_the_mean_of_the_weights(workdir, monkeypatch):
+    source = Emulator.load(workdir / "tiny3d.keras")
+    other = Emulator.load(workdir / "tiny3d.keras")
+    rng = np.random.default_rng(0)
+    other.model.set_weights([w + rng.normal(0, 0.01, w.shape).astype(w.dtype) for w in other.model.get_weights()])
+    other.save(workdir / "average-other.keras")
+    script = ROOT / "training" / "average_weights.py"
+    run_script(script, [workdir / "tiny3d.keras", workdir / "average-other.keras", "-o", workdir / "average-mean.keras",
+                        "--weights", 3, 1, "--version", "0.0.9"], monkeypatch)
+    mean = Emulator.load(workdir / "average-mean.keras")
+    for m, a, b in zip(mean.model.get_weights(), source.model.get_weights(), other.model.get_weights()):
+        np.testing.assert_allclose(m, 0.75 * a + 0.25 * b, rtol=1e-6, atol=1e-7)
+    assert mean.metadata.version == "0.0.9"
+    assert mean.metadata.training_data["weight_average"]["weights"] == [0.75, 0.25]
+    # models of another architecture are refused
+    wider = build_unet(in_channels=6, out_channels=8, filters=12, depth=2, velocity_scale=1.0,
+                       prior=dict(smoothing=1.0))
+    Emulator(wider, ModelMetadata.from_model(wider, name="wider", vertical=VERTICAL,
+                                             grid_spacing_range=(50.0, 200.0))).save(workdir / "average-wider.keras")
+    monkeypatch.setattr(sys, "argv", [str(script), str(workdir / "tiny3d.keras"), str(workdir / "average-wider.keras"),
+                                      "-o", str(workdir / "average-bad.keras")])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 2 and not (workdir / "average-bad.keras").exists()
 
 
 def test_make_depth_averaged_keeps_the_mode_and_the_depth_average(workdir, monkeypatch):
