@@ -215,24 +215,18 @@ class TrainConfig:
             raise ValueError(f"output_init_scale must be > 0. Received: {self.output_init_scale!r}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1). Received: {self.validation_fraction!r}")
-        if self.speed_scaling is not None:
-            bounds = self.speed_scaling
+        for name, what in (("speed_scaling", "[low, high] with 0 < low <= high"),
+                           ("grid_spacing_range", "[min, max] in m with 0 < min <= max")):
+            bounds = getattr(self, name)
+            if bounds is None:
+                continue
             ok = (isinstance(bounds, (list, tuple)) and len(bounds) == 2
-                  and all(isinstance(b, (int, float)) and np.isfinite(b) for b in bounds)
+                  and all(isinstance(b, (int, float)) and not isinstance(b, bool) and np.isfinite(b)
+                          for b in bounds)
                   and 0 < bounds[0] <= bounds[1])
             if not ok:
-                raise ValueError("speed_scaling must be [low, high] with 0 < low <= high. "
-                                 f"Received: speed_scaling={bounds!r}")
-            set_(self, "speed_scaling", [float(b) for b in bounds])
-        if self.grid_spacing_range is not None:
-            bounds = self.grid_spacing_range
-            ok = (isinstance(bounds, (list, tuple)) and len(bounds) == 2
-                  and all(isinstance(b, (int, float)) and np.isfinite(b) for b in bounds)
-                  and 0 < bounds[0] <= bounds[1])
-            if not ok:
-                raise ValueError("grid_spacing_range must be [min, max] in m with 0 < min <= max. "
-                                 f"Received: grid_spacing_range={bounds!r}")
-            set_(self, "grid_spacing_range", [float(b) for b in bounds])
+                raise ValueError(f"{name} must be {what}. Received: {name}={bounds!r}")
+            set_(self, name, [float(b) for b in bounds])
         if isinstance(self.crop_size, (list, tuple)):
             set_(self, "crop_size", [int(c) for c in self.crop_size])
         for name in ("model", "physics", "vertical", "loss"):
