@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 import zipfile
 
 import h5py
@@ -21,10 +22,13 @@ import glacier_emulator.emulator as emulator_module
 from glacier_emulator import DEFAULT_PHYSICS, Geometry, InputError, Velocity, VerticalDiscretisation
 from glacier_emulator.cli import main
 from glacier_emulator.emulator import (
+    CHECKED_ICE_EXTENT_CELLS,
     Emulator,
+    ExtentWarning,
     ModelMetadata,
     NoPretrainedModelError,
     geometry_from_dataset,
+    ice_extent_cells,
     input_channels,
     list_pretrained,
 )
@@ -462,3 +466,47 @@ def test_covers_spacing_is_the_rule_the_emulator_applies(tiny):
         else:
             with pytest.raises(InputError, match="outside the range"):
                 tiny.velocity(dx=dx, **args)
+
+
+def test_ice_extent_is_measured_in_cells():
+    thickness = np.zeros((3, 30, 40))
+    thickness[0, 5:9, 10:30] = 100.0  # 20 nodes along x: 19 cells
+    thickness[1, 2:28, 3:5] = 50.0  # 26 nodes along y: 25 cells
+    assert ice_extent_cells(thickness[0]) == 19
+    assert ice_extent_cells(thickness) == 25
+    assert ice_extent_cells(np.zeros((4, 4))) == 0
+
+
+def test_ice_wider_than_checked_warns_once_per_emulator():
+    """The error grows with the ice's extent in cells (CHECKED_ICE_EXTENT_CELLS): one
+    ExtentWarning per emulator when the ice spans more cells, none for a glacier within it
+    (or one the model was trained on grids as large as)."""
+    emulator = make_emulator(name="extent")
+    n = int(CHECKED_ICE_EXTENT_CELLS * 1.5)  # the ice spans 0.8 n cells
+    big, small = glacier(n), glacier(40)
+    assert ice_extent_cells(big.thickness) > CHECKED_ICE_EXTENT_CELLS >= ice_extent_cells(small.thickness)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        emulator.predict_geometry(small)
+    with pytest.warns(ExtentWarning, match=r"spans \d+ grid cells across; emulator 'extent'"):
+        emulator.predict_geometry(big)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        emulator.predict_geometry(big)  # once is enough
+        trained_large = make_emulator(name="large")
+        trained_large.metadata.training_data["grid_shapes"] = [f"{n + 10}x{n + 10}"]
+        trained_large.predict_geometry(big)
+
+
+def test_cli_prints_the_extent_warning_as_one_line(saved, tmp_path):
+    """In a process of its own: pytest records warnings instead of printing them."""
+    netcdf = pytest.importorskip("glacier_emulator.io.netcdf")
+    netcdf.write_geometry(glacier(int(CHECKED_ICE_EXTENT_CELLS * 1.5)), tmp_path / "wide.nc")
+    proc = subprocess.run(
+        [sys.executable, "-m", "glacier_emulator.cli", "predict", str(tmp_path / "wide.nc"),
+         "-o", str(tmp_path / "out.nc"), "--model", str(saved)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    err = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(err) == 1 and err[0].startswith("glacier-emulator predict: warning: the ice spans"), err
+    assert (tmp_path / "out.nc").is_file()

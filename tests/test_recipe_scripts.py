@@ -311,3 +311,15 @@ def test_median_interval_brackets_the_median_and_narrows_with_more_glaciers():
     assert 2.0 < (hi - lo) / (hi_many - lo_many) < 8.0  # about sqrt(16) = 4
     assert interval(few) == (lo, hi)
     assert all(np.isnan(interval([0.1])))
+
+
+def test_bench_extent_resamples_the_example_glacier():
+    """scripts/bench_extent.py's grids: the same glacier over fewer or more cells (nodes shared
+    with the 100 m grid keep their values)."""
+    example_at = runpy.run_path(str(ROOT / "scripts" / "bench_extent.py"))["example_at"]
+    base, coarse, fine = example_at(100.0), example_at(200.0), example_at(50.0)
+    assert base.thickness.shape == (100, 100) and coarse.thickness.shape == (50, 50)
+    assert fine.thickness.shape == (199, 199) and fine.dx == 50.0
+    np.testing.assert_allclose(coarse.thickness, base.thickness[::2, ::2])
+    np.testing.assert_allclose(fine.thickness[::2, ::2], base.thickness, atol=1e-9)
+    np.testing.assert_allclose(fine.bed[1::2, ::2], 0.5 * (base.bed[:-1] + base.bed[1:]), atol=1e-9)

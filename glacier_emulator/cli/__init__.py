@@ -4,7 +4,8 @@ Each subcommand lives in its own module here and exposes ``register(subparsers)`
 parser and sets ``func`` (called with the parsed namespace, returning an exit code). Errors meant
 for people (:class:`~glacier_emulator.fields.InputError`, ``ValueError`` from configuration,
 ``LookupError``, ``OSError``) are printed as one line on stderr with exit code 2, never as a
-traceback; set ``GLACIER_EMULATOR_DEBUG=1`` to see the traceback instead.
+traceback; set ``GLACIER_EMULATOR_DEBUG=1`` to see the traceback instead. Warnings (e.g. the
+emulator's :class:`~glacier_emulator.emulator.ExtentWarning`) are printed as one line too.
 """
 from __future__ import annotations
 
@@ -45,6 +46,11 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import warnings
+
+    # warnings meant for people (e.g. ExtentWarning) as one line, like the errors
+    warnings.formatwarning = (lambda message, category, *rest, **kw:
+                              f"glacier-emulator {args.command}: warning: {message}\n")
     try:
         return int(args.func(args) or 0)
     except (InputError, ValueError, LookupError, OSError) as exc:
