@@ -138,7 +138,8 @@ def _extent_note(md) -> str:
     return (f"{trained} error grows with the extent of the ice in grid cells, not in metres "
             "(velocity3d-prior 1.6 on the bundled example glacier, 7 km of ice: 0.02 on a 200 m grid, "
             "0.06 at 100 m, 0.27 at 50 m): ice wider than "
-            f"{CHECKED_ICE_EXTENT_CELLS} cells gets an `ExtentWarning`; coarsen the grid for it. ")
+            f"{CHECKED_ICE_EXTENT_CELLS} cells gets an `ExtentWarning`, and `coarsen=\"auto\"` "
+            "(`--coarsen auto`) predicts it on a coarser grid (that glacier at 50 m: 0.03). ")
 
 
 def _training_summary(md) -> str:

@@ -23,6 +23,7 @@ from glacier_emulator import DEFAULT_PHYSICS, Geometry, InputError, Velocity, Ve
 from glacier_emulator.cli import main
 from glacier_emulator.emulator import (
     CHECKED_ICE_EXTENT_CELLS,
+    COARSEN_TARGET_CELLS,
     Emulator,
     ExtentWarning,
     ModelMetadata,
@@ -510,3 +511,56 @@ def test_cli_prints_the_extent_warning_as_one_line(saved, tmp_path):
     err = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert len(err) == 1 and err[0].startswith("glacier-emulator predict: warning: the ice spans"), err
     assert (tmp_path / "out.nc").is_file()
+
+
+def test_coarsened_prediction_is_the_coarse_one_interpolated_back(tiny_levels):
+    """``coarsen=2``: the velocity on every other node is the prediction for the subsampled
+    glacier, the nodes between are bilinear means, ice-free nodes zero; the 3-D model's depth
+    average matches its levels."""
+    from glacier_emulator.numerics.solver import coarsen as halve
+
+    g = glacier(33, ny=29)
+    fine = tiny_levels.predict_geometry(g, coarsen=2)
+    coarse = tiny_levels.predict_geometry(halve(g), coarsen=None)
+    ice = g.thickness > 0
+    assert fine.u.shape == (tiny_levels.metadata.vertical.levels,) + g.shape
+    np.testing.assert_allclose(fine.u[:, ::2, ::2][:, ice[::2, ::2]], coarse.u[:, ice[::2, ::2]], rtol=1e-6, atol=1e-9)
+    assert np.all(fine.ubar[~ice] == 0) and np.abs(fine.ubar[ice]).max() > 0
+    inner = ice[1:-1:2, ::2] & ice[:-2:2, ::2] & ice[2::2, ::2]  # odd rows between two ice nodes
+    mean = 0.5 * (fine.ubar[:-2:2, ::2] + fine.ubar[2::2, ::2])
+    np.testing.assert_allclose(fine.ubar[1:-1:2, ::2][inner], mean[inner], rtol=1e-6, atol=1e-9)
+
+
+def test_coarsen_auto_acts_only_on_wide_ice_and_stays_in_the_spacing_range(tiny):
+    narrow = glacier(60)  # ice about 48 cells across
+    wide = glacier(int(CHECKED_ICE_EXTENT_CELLS * 2.5), dx=50.0)  # about 190 cells at 50 m
+    assert tiny.coarsening_levels(narrow, "auto") == 0
+    levels = tiny.coarsening_levels(wide, "auto")
+    assert levels == 2 and ice_extent_cells(wide.thickness) / 2 ** levels <= COARSEN_TARGET_CELLS
+    near_top = Geometry(thickness=wide.thickness, bed=wide.bed, dx=300.0)  # range 50-500 m
+    assert tiny.coarsening_levels(near_top, "auto") == 0  # 600 m would leave it
+    assert tiny.coarsening_levels(wide, 4) == 2 and tiny.coarsening_levels(wide, None) == 0
+    for bad in (3, "coarse", 0, True):
+        with pytest.raises(ValueError, match="coarsen"):
+            tiny.coarsening_levels(wide, bad)
+    auto = tiny.with_coarsen("auto")
+    assert auto.coarsen == "auto" and tiny.coarsen is None and auto.model is tiny.model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ExtentWarning: the coarse grid is within the extent
+        v = auto.predict_geometry(wide)
+    assert v.ubar.shape == wide.shape
+    with pytest.raises(ValueError, match="coarsen"):
+        tiny.with_coarsen(6)
+
+
+def test_cli_coarsen_option(saved, tmp_path):
+    import xarray as xr
+
+    netcdf = pytest.importorskip("glacier_emulator.io.netcdf")
+    netcdf.write_geometry(glacier(40), tmp_path / "in.nc")
+    args = ["predict", str(tmp_path / "in.nc"), "--model", str(saved)]
+    assert main(args + ["-o", str(tmp_path / "c2.nc"), "--coarsen", "2"]) == 0
+    assert main(args + ["-o", str(tmp_path / "c1.nc")]) == 0
+    with xr.open_dataset(tmp_path / "c2.nc") as c2, xr.open_dataset(tmp_path / "c1.nc") as c1:
+        assert c2.attrs["emulator_coarsening"] == 2 and c1.attrs["emulator_coarsening"] == 1
+        assert not np.allclose(c2["ubar"].values, c1["ubar"].values)
