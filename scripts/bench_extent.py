@@ -55,6 +55,33 @@ def example_at(spacing: float):
     return Geometry(thickness=np.clip(resample(base.thickness), 0.0, None), bed=resample(base.bed), dx=spacing)
 
 
+def markdown(report: dict) -> str:
+    """The report as a markdown table (missing entries: -)."""
+
+    def err(r, key):
+        return f"{r[key]:.3f}" if key in r else "-"
+
+    lines = ["# Emulator error against the glacier's extent in grid cells", "",
+             f"Date: {report['date']}. Machine: {describe_machine(report['machine'])}. Model: "
+             f"`{report['model']}`. Command: `{report['command']}`.", "",
+             "The bundled example glacier (year 0) at several grid spacings, each against a converged "
+             "reference solve.", "",
+             "| dx (m) | grid | ice extent (cells) | rel. L2 ubar | speed ratio (all ice / H > 100 m) "
+             "| ExtentWarning | coarsen auto: factor, rel. L2 | halved: rel. L2 | solve (s) |",
+             "|---:|---|---:|---:|---|---|---|---:|---:|"]
+    for r in report["rows"]:
+        if "rel_l2_ubar" not in r:
+            lines.append(f"| {r['dx']:g} | {r['grid'][0]} x {r['grid'][1]} | {r['ice_extent_cells']} | - | "
+                         f"{r['note']} | | | | |")
+            continue
+        lines.append(f"| {r['dx']:g} | {r['grid'][0]} x {r['grid'][1]} | {r['ice_extent_cells']} | "
+                     f"{r['rel_l2_ubar']:.3f} | {r['speed_ratio']:.3f} / {r['speed_ratio_thick']:.3f} | "
+                     f"{'yes' if r['extent_warning'] else 'no'} | "
+                     f"{r.get('coarsen_auto', '-')}, {err(r, 'rel_l2_ubar_coarsen_auto')} | "
+                     f"{err(r, 'rel_l2_ubar_coarsen_halved')} | {r['solver_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="a shipped name or a .keras file (default: the default model)")
@@ -112,25 +139,7 @@ def main(argv=None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "extent.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# Emulator error against the glacier's extent in grid cells", "",
-             f"Date: {report['date']}. Machine: {describe_machine(report['machine'])}. Model: "
-             f"`{report['model']}`. Command: `{report['command']}`.", "",
-             "The bundled example glacier (year 0) at several grid spacings, each against a converged "
-             "reference solve.", "",
-             "| dx (m) | grid | ice extent (cells) | rel. L2 ubar | speed ratio (all ice / H > 100 m) "
-             "| ExtentWarning | coarsen auto: factor, rel. L2 | halved: rel. L2 | solve (s) |",
-             "|---:|---|---:|---:|---|---|---|---:|---:|"]
-    for r in report["rows"]:
-        if "rel_l2_ubar" not in r:
-            lines.append(f"| {r['dx']:g} | {r['grid'][0]} x {r['grid'][1]} | {r['ice_extent_cells']} | - | "
-                         f"{r['note']} | | | | |")
-            continue
-        lines.append(f"| {r['dx']:g} | {r['grid'][0]} x {r['grid'][1]} | {r['ice_extent_cells']} | "
-                     f"{r['rel_l2_ubar']:.3f} | {r['speed_ratio']:.3f} / {r['speed_ratio_thick']:.3f} | "
-                     f"{'yes' if r['extent_warning'] else 'no'} | "
-                     f"{r.get('coarsen_auto', '-')}, {r.get('rel_l2_ubar_coarsen_auto', float('nan')):.3f} | "
-                     f"{r.get('rel_l2_ubar_coarsen_halved', float('nan')):.3f} | {r['solver_s']:.0f} |")
-    (out / "extent.md").write_text("\n".join(lines) + "\n")
+    (out / "extent.md").write_text(markdown(report))
     print(f"wrote {out / 'extent.md'}")
     return 0
 
