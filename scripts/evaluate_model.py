@@ -130,15 +130,15 @@ def recipe_file(name: str, version: str, configs: Path = ROOT / "training" / "co
 
 
 def _extent_note(md) -> str:
-    """The card's sentence on the glacier's size in grid cells (see ``CHECKED_ICE_EXTENT_CELLS``)."""
-    from glacier_emulator.emulator import CHECKED_ICE_EXTENT_CELLS
+    """The card's sentence on the glacier's size in grid cells (see ``WIDE_ICE_CELLS``)."""
+    from glacier_emulator.emulator import WIDE_ICE_CELLS
 
     shapes = (md.get("training_data") or {}).get("grid_shapes")
     trained = f"Trained on {', '.join(shapes)} grids; the" if shapes else "The"
     return (f"{trained} error grows with the extent of the ice in grid cells, not in metres "
             "(velocity3d-prior 1.6 on the bundled example glacier, 7 km of ice: 0.02 on a 200 m grid, "
             "0.06 at 100 m, 0.27 at 50 m): ice wider than "
-            f"{CHECKED_ICE_EXTENT_CELLS} cells gets an `ExtentWarning`, and `coarsen=\"auto\"` "
+            f"{WIDE_ICE_CELLS} cells gets an `ExtentWarning`, and `coarsen=\"auto\"` "
             "(`--coarsen auto`) predicts it on a coarser grid (that glacier at 50 m: 0.03). ")
 
 

@@ -22,8 +22,8 @@ import glacier_emulator.emulator as emulator_module
 from glacier_emulator import DEFAULT_PHYSICS, Geometry, InputError, Velocity, VerticalDiscretisation
 from glacier_emulator.cli import main
 from glacier_emulator.emulator import (
-    CHECKED_ICE_EXTENT_CELLS,
     COARSEN_TARGET_CELLS,
+    WIDE_ICE_CELLS,
     Emulator,
     ExtentWarning,
     ModelMetadata,
@@ -478,18 +478,18 @@ def test_ice_extent_is_measured_in_cells():
     assert ice_extent_cells(np.zeros((4, 4))) == 0
 
 
-def test_ice_wider_than_checked_warns_once_per_emulator():
-    """The error grows with the ice's extent in cells (CHECKED_ICE_EXTENT_CELLS): one
+def test_ice_wider_than_wide_ice_cells_warns_once_per_emulator():
+    """The error grows with the ice's extent in cells (WIDE_ICE_CELLS): one
     ExtentWarning per emulator when the ice spans more cells, none for a glacier within it
     (or one the model was trained on grids as large as)."""
     emulator = make_emulator(name="extent")
-    n = int(CHECKED_ICE_EXTENT_CELLS * 1.5)  # the ice spans 0.8 n cells
+    n = int(WIDE_ICE_CELLS * 1.5)  # the ice spans 0.8 n cells
     big, small = glacier(n), glacier(40)
-    assert ice_extent_cells(big.thickness) > CHECKED_ICE_EXTENT_CELLS >= ice_extent_cells(small.thickness)
+    assert ice_extent_cells(big.thickness) > WIDE_ICE_CELLS >= ice_extent_cells(small.thickness)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         emulator.predict_geometry(small)
-    with pytest.warns(ExtentWarning, match=r"spans \d+ grid cells across; emulator 'extent'"):
+    with pytest.warns(ExtentWarning, match=r"spans \d+ grid cells across, more than 128; emulator 'extent'"):
         emulator.predict_geometry(big)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -502,7 +502,7 @@ def test_ice_wider_than_checked_warns_once_per_emulator():
 def test_cli_prints_the_extent_warning_as_one_line(saved, tmp_path):
     """In a process of its own: pytest records warnings instead of printing them."""
     netcdf = pytest.importorskip("glacier_emulator.io.netcdf")
-    netcdf.write_geometry(glacier(int(CHECKED_ICE_EXTENT_CELLS * 1.5)), tmp_path / "wide.nc")
+    netcdf.write_geometry(glacier(int(WIDE_ICE_CELLS * 1.5)), tmp_path / "wide.nc")
     proc = subprocess.run(
         [sys.executable, "-m", "glacier_emulator.cli", "predict", str(tmp_path / "wide.nc"),
          "-o", str(tmp_path / "out.nc"), "--model", str(saved)],
@@ -533,10 +533,10 @@ def test_coarsened_prediction_is_the_coarse_one_interpolated_back(tiny_levels):
 
 def test_coarsen_auto_acts_only_on_wide_ice_and_stays_in_the_spacing_range(tiny):
     narrow = glacier(60)  # ice about 48 cells across
-    wide = glacier(int(CHECKED_ICE_EXTENT_CELLS * 2.5), dx=50.0)  # about 190 cells at 50 m
+    wide = glacier(int(WIDE_ICE_CELLS * 2.5), dx=50.0)  # about 256 cells at 50 m
     assert tiny.coarsening_levels(narrow, "auto") == 0
     levels = tiny.coarsening_levels(wide, "auto")
-    assert levels == 2 and ice_extent_cells(wide.thickness) / 2 ** levels <= COARSEN_TARGET_CELLS
+    assert levels == 3 and ice_extent_cells(wide.thickness) / 2 ** levels <= COARSEN_TARGET_CELLS
     near_top = Geometry(thickness=wide.thickness, bed=wide.bed, dx=300.0)  # range 50-500 m
     assert tiny.coarsening_levels(near_top, "auto") == 0  # 600 m would leave it
     assert tiny.coarsening_levels(wide, 4) == 2 and tiny.coarsening_levels(wide, None) == 0
