@@ -109,7 +109,7 @@ model's grid-spacing range. Narrower ice is left alone: on the generator's 96 x 
 
 
 class ExtentWarning(UserWarning):
-    """The ice spans more grid cells than the emulator's accuracy was measured on."""
+    """The ice spans more than :data:`WIDE_ICE_CELLS` grid cells, where the emulator's error grows."""
 
 
 def ice_extent_cells(thickness) -> int:
@@ -933,8 +933,8 @@ class Emulator:
         seen = f"trained on grids of {trained} x {trained} nodes" if trained else "trained on smaller glaciers"
         warnings.warn(
             f"the ice spans {extent} grid cells across, more than {WIDE_ICE_CELLS}; emulator "
-            f"{self.name!r} was {seen}, and its error grows with the number of cells (the bundled example glacier: 2 % off on a 200 m grid, "
-            "6 % at 100 m, 27 % at 50 m): predict on a coarser grid (coarsen='auto', the CLI's "
+            f"{self.name!r} was {seen}, and its error grows with the number of cells (the "
+            "bundled example glacier: 2 % off on a 200 m grid, 6 % at 100 m, 27 % at 50 m): predict on a coarser grid (coarsen='auto', the CLI's "
             "--coarsen auto: 3 % at 50 m), or check against the reference solver "
             "(run --check-every)", ExtentWarning, stacklevel=4)
 
