@@ -108,6 +108,20 @@ model's grid-spacing range. Narrower ice is left alone: on the generator's 96 x 
 48-96 cells across) halving was worse than the grid as given on 13 of 19."""
 
 
+def _fixed_coarsening_levels(coarsen) -> Optional[int]:
+    """The halvings ``coarsen`` asks for: 0 for None, log2 of a power of 2, None for ``"auto"``
+    (which depends on the glacier)."""
+    if coarsen == "auto":
+        return None
+    if coarsen is None or (coarsen == 1 and not isinstance(coarsen, bool)):
+        return 0
+    if isinstance(coarsen, (int, np.integer)) and not isinstance(coarsen, bool) and coarsen >= 1:
+        levels = int(coarsen).bit_length() - 1
+        if 2 ** levels == coarsen:
+            return levels
+    raise ValueError(f"coarsen must be None, 'auto' or a power of 2. Received: coarsen={coarsen!r}")
+
+
 class ExtentWarning(UserWarning):
     """The ice spans more than :data:`WIDE_ICE_CELLS` grid cells, where the emulator's error grows."""
 
@@ -124,6 +138,14 @@ def ice_extent_cells(thickness) -> int:
         if rows.size:
             extent = max(extent, int(rows[-1] - rows[0]), int(cols[-1] - cols[0]))
     return extent
+
+
+def spacing_in_range(dx: float, bounds) -> bool:
+    """Whether grid spacing ``dx`` (m) lies in ``bounds = (min, max)``, with a relative 1e-9 of
+    slack for round-off: the rule of the emulator's valid range and of training's
+    ``grid_spacing_range``."""
+    lo, hi = bounds
+    return bool(lo * (1 - 1e-9) <= float(dx) <= hi * (1 + 1e-9))
 
 
 class NoPretrainedModelError(LookupError):
@@ -223,9 +245,8 @@ class ModelMetadata:
 
     def covers_spacing(self, dx: float) -> bool:
         """Whether grid spacing ``dx`` (m) lies in :attr:`grid_spacing_range` (the emulator
-        refuses others; a relative 1e-9 of slack for round-off)."""
-        lo, hi = self.grid_spacing_range
-        return bool(lo * (1 - 1e-9) <= float(dx) <= hi * (1 + 1e-9))
+        refuses others; :func:`spacing_in_range`)."""
+        return spacing_in_range(dx, self.grid_spacing_range)
 
     @property
     def output_channels(self) -> int:
@@ -754,7 +775,7 @@ class Emulator:
         or ``"auto"``."""
         import copy
 
-        self.coarsening_levels(Geometry(thickness=np.zeros((2, 2)), bed=np.zeros((2, 2)), dx=1.0), coarsen)
+        _fixed_coarsening_levels(coarsen)  # validates
         out = copy.copy(self)
         out.coarsen = coarsen
         return out
@@ -764,21 +785,16 @@ class Emulator:
         log2 of an int power of 2, and for ``"auto"`` none unless the ice spans more than
         :data:`WIDE_ICE_CELLS` cells, then as many as bring it to at most
         :data:`COARSEN_TARGET_CELLS` while the coarse spacing stays in the model's range."""
-        if coarsen is None or (coarsen == 1 and not isinstance(coarsen, bool)):
+        fixed = _fixed_coarsening_levels(coarsen)
+        if fixed is not None:
+            return fixed
+        extent, levels = ice_extent_cells(geometry.thickness), 0
+        if extent <= WIDE_ICE_CELLS:
             return 0
-        if coarsen == "auto":
-            extent, levels = ice_extent_cells(geometry.thickness), 0
-            if extent <= WIDE_ICE_CELLS:
-                return 0
-            while (extent / 2 ** levels > COARSEN_TARGET_CELLS
-                   and self.metadata.covers_spacing(geometry.dx * 2 ** (levels + 1))):
-                levels += 1
-            return levels
-        if isinstance(coarsen, (int, np.integer)) and not isinstance(coarsen, bool) and coarsen >= 1:
-            levels = int(coarsen).bit_length() - 1
-            if 2 ** levels == coarsen:
-                return levels
-        raise ValueError(f"coarsen must be None, 'auto' or a power of 2. Received: coarsen={coarsen!r}")
+        while (extent / 2 ** levels > COARSEN_TARGET_CELLS
+               and self.metadata.covers_spacing(geometry.dx * 2 ** (levels + 1))):
+            levels += 1
+        return levels
 
     def predict_geometry(self, geometry: Geometry, *, coarsen="default") -> Velocity:
         """The velocity of a :class:`~glacier_emulator.fields.Geometry` (the provider interface).

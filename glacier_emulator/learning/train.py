@@ -549,12 +549,14 @@ def make_evaluator(model, objective: Objective):
 def _spacing_range(config: TrainConfig, data) -> Tuple[float, float]:
     """The grid-spacing range the model is declared valid for (``config.grid_spacing_range``,
     which must contain every training glacier's spacing), else that of the training glaciers."""
-    spacings = np.asarray(data.spacings, dtype=float).reshape(len(data.files), -1)
+    from ..emulator import spacing_in_range
+
+    spacings = data.spacings  # (N, 2): dx, dy
     if config.grid_spacing_range is None:
         return float(spacings.min()), float(spacings.max())
     lo, hi = config.grid_spacing_range
     outside = [(f, row) for f, row in zip(data.files, spacings)
-               if not (lo * (1 - 1e-9) <= row.min() and row.max() <= hi * (1 + 1e-9))]
+               if not all(spacing_in_range(d, (lo, hi)) for d in row)]
     if outside:
         f, row = outside[0]
         raise InputError(f"{f}: grid spacing {' x '.join(f'{v:g}' for v in row)} m is outside "
