@@ -94,18 +94,19 @@ DEFAULT_GRID_SPACING_RANGE = (10.0, 1000.0)
 
 WIDE_ICE_CELLS = 128
 """Ice wider than this many grid cells gets an :class:`ExtentWarning` (twice the 64 x 64 grids
-the shipped emulators were trained on). Their error grows with the extent of the ice in cells,
-not in metres: the bundled example glacier (7 km of ice at year 0) is predicted within 2 % of
-the solver on a 200 m grid (39 cells across), 6 % at 100 m (79 cells) and 27 % at 50 m (160
-cells, 25 % too slow; ``scripts/bench_extent.py``); along its 50-year run at 100 m, where the
-ice fills the 99-cell domain, within 3-5 %, and on the held-out 96 x 96 glaciers (ice up to 96
-cells across) as on 64 x 64 ones."""
+the shipped emulators were trained on; ``velocity3d-prior`` 1.7 also saw 96 x 96 glaciers, in
+64-node crops). Their error grows with the extent of the ice in cells, not in metres: the
+bundled example glacier (7 km of ice at year 0) is predicted by 1.7 within 2 % of the solver on
+a 200 m grid (39 cells across), 6 % at 100 m (79 cells) and 25 % at 50 m (160 cells, 23 % too
+slow; ``scripts/bench_extent.py``); along its 50-year run at 100 m, where the ice fills the
+99-cell domain, within 2-6 %, and on the held-out 96 x 96 glaciers (ice up to 96 cells across)
+as on 64 x 64 ones."""
 
 COARSEN_TARGET_CELLS = 48
 """``coarsen="auto"`` acts on ice wider than :data:`WIDE_ICE_CELLS` and halves the grid until the
 ice spans at most this many cells (the training crop) or the next halving would leave the
 model's grid-spacing range. Narrower ice is left alone: on the generator's 96 x 96 glaciers (ice
-48-96 cells across) halving was worse than the grid as given on 13 of 19."""
+48-96 cells across) halving was worse than the grid as given on 13 of 19 (1.6)."""
 
 
 def _fixed_coarsening_levels(coarsen) -> Optional[int]:
@@ -809,11 +810,11 @@ class Emulator:
                 ``"auto"`` (for ice wider than :data:`WIDE_ICE_CELLS` cells: halve
                 until it spans at most :data:`COARSEN_TARGET_CELLS`, within the model's
                 grid-spacing range). The emulator's error grows with the ice's extent in cells:
-                the bundled example glacier at 50 m (160 cells) is 0.27 off on the grid as
-                given and 0.03 with ``"auto"`` (4x coarser; ``scripts/bench_extent.py``); at
-                100 m (79 cells, left alone by ``"auto"``) 0.064 as given and 0.025 with
+                the bundled example glacier at 50 m (160 cells) is 0.25 off on the grid as
+                given and 0.03 with ``"auto"`` (4x coarser; ``scripts/bench_extent.py``, 1.7);
+                at 100 m (79 cells, left alone by ``"auto"``) 0.056 as given and 0.025 with
                 ``coarsen=2``, but on the generator's glaciers of 48-96 cells halving was worse
-                on 13 of 19. Default: the emulator's :attr:`coarsen` (None unless set by
+                on 13 of 19 (1.6). Default: the emulator's :attr:`coarsen` (None unless set by
                 :meth:`with_coarsen`).
         """
         coarsen = self.coarsen if coarsen == "default" else coarsen

@@ -117,15 +117,18 @@ def median_interval(values, level=0.9, resamples=10000, seed=0):
     return tuple(float(v) for v in np.percentile(medians, [tail, 100.0 - tail]))
 
 
-def recipe_file(name: str, version: str, configs: Path = ROOT / "training" / "configs") -> str:
-    """The recipe of a model: the config in ``configs`` with its name and version (a model has
-    several stages, each a config of the same name), else ``NAME.yaml``; repository-relative."""
+def recipe_file(name: str, *versions: str, configs: Path = ROOT / "training" / "configs") -> str:
+    """The recipe of a model: the config in ``configs`` with its name and the first of
+    ``versions`` that one has (a model has several stages, each a config of the same name; a
+    candidate trained under another version, e.g. ``1.7.0-wide96``, and renamed on shipping is
+    found by its shipped version), else ``NAME.yaml``; repository-relative."""
     import yaml
 
-    for path in sorted(configs.glob("*.yaml")):
-        cfg = yaml.safe_load(path.read_text()) or {}
-        if cfg.get("name") == name and str(cfg.get("version")) == str(version):
-            return f"training/configs/{path.name}"
+    configs_ = [(path, yaml.safe_load(path.read_text()) or {}) for path in sorted(configs.glob("*.yaml"))]
+    for version in versions:
+        for path, cfg in configs_:
+            if cfg.get("name") == name and str(cfg.get("version")) == str(version):
+                return f"training/configs/{path.name}"
     return f"training/configs/{name}.yaml"
 
 
@@ -136,8 +139,8 @@ def _extent_note(md) -> str:
     shapes = (md.get("training_data") or {}).get("grid_shapes")
     trained = f"Trained on {', '.join(shapes)} grids; the" if shapes else "The"
     return (f"{trained} error grows with the extent of the ice in grid cells, not in metres "
-            "(velocity3d-prior 1.6 on the bundled example glacier, 7 km of ice: 0.02 on a 200 m grid, "
-            "0.06 at 100 m, 0.27 at 50 m): ice wider than "
+            "(velocity3d-prior 1.7 on the bundled example glacier, 7 km of ice: 0.02 on a 200 m grid, "
+            "0.06 at 100 m, 0.25 at 50 m): ice wider than "
             f"{WIDE_ICE_CELLS} cells gets an `ExtentWarning`, and `coarsen=\"auto\"` "
             "(`--coarsen auto`) predicts it on a coarser grid (that glacier at 50 m: 0.03). ")
 
@@ -146,11 +149,12 @@ def _training_summary(md) -> str:
     td = dict(md.get("training_data") or {})
     cfg = dict(td.get("config") or {})
     source = td.get("derived_from")
+    versions = (cfg.get("version", ""), md.get("version", ""))  # trained as, shipped as
     if source:
         recipe = (f"derived from {source}; recipe of the source: "
-                  f"`{recipe_file(cfg.get('name', '?'), cfg.get('version', ''))}`")
+                  f"`{recipe_file(cfg.get('name', '?'), *versions)}`")
     else:
-        recipe = f"recipe: `{recipe_file(md['name'], cfg.get('version', md.get('version', '')))}`"
+        recipe = f"recipe: `{recipe_file(md['name'], *versions)}`"
     commands = "training/README.md"
     if td.get("recipe"):  # the GPU recipe (training/gpu/import_weights.py writes these facts)
         recipe = f"recipe: `{td['recipe']}`" + (f" from {td['init_from']}" if td.get("init_from") else "")

@@ -173,15 +173,23 @@ def test_evaluate_model_measures_the_card_numbers(workdir, monkeypatch, capsys):
 
 def test_model_card_names_the_recipe_of_the_models_version(tmp_path):
     """A model trained in stages has one config per stage, all of its name: the card names the
-    one whose version is the model's (the shipped configs, and a stage added beside them)."""
+    one whose version is the model's (the shipped configs, and a stage added beside them), or
+    the version it was trained under."""
     script = runpy.run_path(str(ROOT / "scripts" / "evaluate_model.py"))
     recipe_file = script["recipe_file"]
     assert recipe_file("velocity3d-prior", "1.4.0") == "training/configs/velocity3d-prior.yaml"
     assert recipe_file("velocity3d-prior", "1.3.0") == "training/configs/velocity3d-prior-base.yaml"
     (tmp_path / "stage9.yaml").write_text("name: velocity3d-prior\nversion: 9.0.0\n")
     (tmp_path / "other.yaml").write_text("name: another\nversion: 9.0.0\n")
-    assert recipe_file("velocity3d-prior", "9.0.0", tmp_path) == "training/configs/stage9.yaml"
-    assert recipe_file("unknown", "1.0.1", tmp_path) == "training/configs/unknown.yaml"
+    assert recipe_file("velocity3d-prior", "9.0.0", configs=tmp_path) == "training/configs/stage9.yaml"
+    assert recipe_file("unknown", "1.0.1", configs=tmp_path) == "training/configs/unknown.yaml"
+    # a candidate trained as 9.0.0-try and shipped as 9.0.0: found by its shipped version, but
+    # the version it was trained under comes first
+    assert recipe_file("velocity3d-prior", "9.0.0-try", "9.0.0", configs=tmp_path) \
+        == "training/configs/stage9.yaml"
+    (tmp_path / "try.yaml").write_text("name: velocity3d-prior\nversion: 9.0.0-try\n")
+    assert recipe_file("velocity3d-prior", "9.0.0-try", "9.0.0", configs=tmp_path) \
+        == "training/configs/try.yaml"
 
 
 def test_evaluate_model_leaves_out_glaciers_outside_the_spacing_range(workdir, monkeypatch, capsys):
