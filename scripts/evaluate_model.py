@@ -124,9 +124,9 @@ def recipe_file(name: str, *versions: str, configs: Path = ROOT / "training" / "
     found by its shipped version), else ``NAME.yaml``; repository-relative."""
     import yaml
 
-    configs_ = [(path, yaml.safe_load(path.read_text()) or {}) for path in sorted(configs.glob("*.yaml"))]
+    parsed = [(path, yaml.safe_load(path.read_text()) or {}) for path in sorted(configs.glob("*.yaml"))]
     for version in versions:
-        for path, cfg in configs_:
+        for path, cfg in parsed:
             if cfg.get("name") == name and str(cfg.get("version")) == str(version):
                 return f"training/configs/{path.name}"
     return f"training/configs/{name}.yaml"
