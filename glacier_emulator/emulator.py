@@ -951,7 +951,8 @@ class Emulator:
         warnings.warn(
             f"the ice spans {extent} grid cells across, more than {WIDE_ICE_CELLS}; emulator "
             f"{self.name!r} was {seen}, and its error grows with the number of cells (the "
-            "bundled example glacier: 2 % off on a 200 m grid, 6 % at 100 m, 27 % at 50 m): predict on a coarser grid (coarsen='auto', the CLI's "
+            "bundled example glacier, velocity3d-prior 1.7: 2 % off on a 200 m grid, 6 % at 100 m, 25 % "
+            "at 50 m): predict on a coarser grid (coarsen='auto', the CLI's "
             "--coarsen auto: 3 % at 50 m), or check against the reference solver "
             "(run --check-every)", ExtentWarning, stacklevel=4)
 

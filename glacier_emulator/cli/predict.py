@@ -39,7 +39,7 @@ def add_coarsen_argument(parser) -> None:
     parser.add_argument(
         "--coarsen", choices=("auto", "1", "2", "4", "8"), metavar="auto|N",
         help="predict on every N-th node and interpolate back; auto: for ice wider than 128 cells "
-        "(where the emulator's error grows: the bundled example at 50 m, 0.27 as given, 0.03 so), "
+        "(where the emulator's error grows: the bundled example at 50 m, 0.25 as given, 0.03 so), "
         "as coarse as brings it to 48 cells within the model's spacing range (default: the grid "
         "as given)",
     )
