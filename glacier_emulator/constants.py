@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 
@@ -53,6 +54,51 @@ each evaluates the network on: none; the x mirror; both mirrors; both mirrors an
 that the command line can offer them without importing TensorFlow."""
 
 SYMMETRISE_MODES = tuple(SYMMETRY_IMAGES)
+
+
+WIDE_ICE_CELLS = 128
+"""Ice wider than this many grid cells gets an :class:`~glacier_emulator.emulator.ExtentWarning`
+(twice the 64 x 64 grids the shipped emulators were trained on; ``velocity3d-prior`` 1.7 also saw
+96 x 96 glaciers, in 64-node crops). Their error grows with the extent of the ice in cells, not in metres: the
+bundled example glacier, 7 km of ice at year 0, is predicted well on a 200 m grid and worse the
+finer the grid (:data:`EXAMPLE_EXTENT_ERRORS`); along its 50-year run at 100 m, where the ice
+fills the 99-cell domain, within 2-6 %, and on the held-out 96 x 96 glaciers (ice up to 96 cells
+across) as on 64 x 64 ones."""
+
+
+@dataclass(frozen=True)
+class ExtentErrors:
+    """The default model's error on the bundled example glacier (year 0) at several grid
+    spacings, as measured by ``scripts/bench_extent.py`` (``scripts/results/extent.json``, which
+    ``tests/test_emulator.py`` holds these numbers to): relative L2 error of ubar on the ice
+    against a converged solve, on the grid as given and with ``coarsen="auto"`` at 50 m."""
+
+    model: str
+    rel_l2_ubar: Tuple[Tuple[float, float], ...]  # (dx in m, error), coarse to fine
+    coarsen_auto_at_50m: float
+
+    def percentages(self) -> str:
+        """E.g. ``"2 % off on a 200 m grid, 6 % at 100 m, 25 % at 50 m"``."""
+        (dx, err), *finer = self.rel_l2_ubar
+        first = f"{100 * err:.0f} % off on a {dx:.0f} m grid"
+        return ", ".join([first] + [f"{100 * err:.0f} % at {dx:.0f} m" for dx, err in finer])
+
+
+EXAMPLE_EXTENT_ERRORS = ExtentErrors(
+    model="ubar-prior 1.7.0",
+    rel_l2_ubar=((200.0, 0.023), (100.0, 0.056), (50.0, 0.252)),
+    coarsen_auto_at_50m=0.028,
+)
+"""How the default model's error grows with the ice's extent in cells (:data:`WIDE_ICE_CELLS`):
+the bundled example glacier spans 39, 79 and 160 cells at 200, 100 and 50 m. Quoted by the
+:class:`~glacier_emulator.emulator.ExtentWarning`, the CLI's ``--coarsen`` help and the model
+cards (``scripts/evaluate_model.py``): update it when the benchmark is rerun."""
+
+COARSEN_TARGET_CELLS = 48
+"""``coarsen="auto"`` acts on ice wider than :data:`WIDE_ICE_CELLS` and halves the grid until the
+ice spans at most this many cells (the training crop up to 1.6) or the next halving would leave the
+model's grid-spacing range. Narrower ice is left alone: on the generator's 96 x 96 glaciers (ice
+48-96 cells across) halving was worse than the grid as given on 13 of 19 (1.6)."""
 
 
 def dataclass_from_mapping(cls, values, *, what: str):

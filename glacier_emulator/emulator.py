@@ -53,7 +53,17 @@ import numpy as np
 import tensorflow as tf
 
 from . import __version__
-from .constants import DEFAULT_PHYSICS, DEFAULT_VERTICAL, UNITS, Physics, VerticalDiscretisation
+from .constants import (  # noqa: F401  (the extent constants are documented with the emulator)
+    COARSEN_TARGET_CELLS,
+    DEFAULT_PHYSICS,
+    DEFAULT_VERTICAL,
+    EXAMPLE_EXTENT_ERRORS,
+    UNITS,
+    WIDE_ICE_CELLS,
+    ExtentErrors,
+    Physics,
+    VerticalDiscretisation,
+)
 from .fields import Geometry, InputError, Velocity
 from .models import layers as _layers  # noqa: F401  (registers the custom layers with Keras)
 from .models.unet import INPUT_CHANNELS, INPUT_UNITS, GlacierUNet, output_names
@@ -91,23 +101,6 @@ they are rejected. The grid spacing range is per model (:attr:`ModelMetadata.gri
 """
 
 DEFAULT_GRID_SPACING_RANGE = (10.0, 1000.0)
-
-WIDE_ICE_CELLS = 128
-"""Ice wider than this many grid cells gets an :class:`ExtentWarning` (twice the 64 x 64 grids
-the shipped emulators were trained on; ``velocity3d-prior`` 1.7 also saw 96 x 96 glaciers, in
-64-node crops). Their error grows with the extent of the ice in cells, not in metres: the
-bundled example glacier (7 km of ice at year 0) is predicted by 1.7 within 2 % of the solver on
-a 200 m grid (39 cells across), 6 % at 100 m (79 cells) and 25 % at 50 m (160 cells, 23 % too
-slow; ``scripts/bench_extent.py``); along its 50-year run at 100 m, where the ice fills the
-99-cell domain, within 2-6 %, and on the held-out 96 x 96 glaciers (ice up to 96 cells across)
-as on 64 x 64 ones."""
-
-COARSEN_TARGET_CELLS = 48
-"""``coarsen="auto"`` acts on ice wider than :data:`WIDE_ICE_CELLS` and halves the grid until the
-ice spans at most this many cells (the training crop) or the next halving would leave the
-model's grid-spacing range. Narrower ice is left alone: on the generator's 96 x 96 glaciers (ice
-48-96 cells across) halving was worse than the grid as given on 13 of 19 (1.6)."""
-
 
 def _fixed_coarsening_levels(coarsen) -> Optional[int]:
     """The halvings ``coarsen`` asks for: 0 for None, log2 of a power of 2, None for ``"auto"``
@@ -248,6 +241,18 @@ class ModelMetadata:
         """Whether grid spacing ``dx`` (m) lies in :attr:`grid_spacing_range` (the emulator
         refuses others; :func:`spacing_in_range`)."""
         return spacing_in_range(dx, self.grid_spacing_range)
+
+    @property
+    def largest_training_grid(self) -> int:
+        """The most nodes along a side of the training grids (``training_data["grid_shapes"]``,
+        e.g. ``["64x64", "96x96"]``); 0 when not recorded."""
+        largest = 0
+        for shape in self.training_data.get("grid_shapes") or ():
+            try:
+                largest = max(largest, *(int(n) for n in str(shape).split("x")))
+            except ValueError:
+                pass
+        return largest
 
     @property
     def output_channels(self) -> int:
@@ -809,13 +814,13 @@ class Emulator:
                 ice): None (the grid as given), a power of 2 (every 2nd, 4th, ... node), or
                 ``"auto"`` (for ice wider than :data:`WIDE_ICE_CELLS` cells: halve
                 until it spans at most :data:`COARSEN_TARGET_CELLS`, within the model's
-                grid-spacing range). The emulator's error grows with the ice's extent in cells:
-                the bundled example glacier at 50 m (160 cells) is 0.25 off on the grid as
-                given and 0.03 with ``"auto"`` (4x coarser; ``scripts/bench_extent.py``, 1.7);
-                at 100 m (79 cells, left alone by ``"auto"``) 0.056 as given and 0.025 with
-                ``coarsen=2``, but on the generator's glaciers of 48-96 cells halving was worse
-                on 13 of 19 (1.6). Default: the emulator's :attr:`coarsen` (None unless set by
-                :meth:`with_coarsen`).
+                grid-spacing range). The emulator's error grows with the ice's extent in cells
+                (:data:`EXAMPLE_EXTENT_ERRORS`): the bundled example glacier at 50 m (160
+                cells) is far better predicted with ``"auto"`` (4x coarser) than on the grid as
+                given; at 100 m (79 cells, left alone by ``"auto"``) ``coarsen=2`` also helped
+                (``scripts/results/extent.md``), but on the generator's glaciers of 48-96 cells
+                halving was worse on 13 of 19 (1.6). Default: the emulator's :attr:`coarsen`
+                (None unless set by :meth:`with_coarsen`).
         """
         coarsen = self.coarsen if coarsen == "default" else coarsen
         levels = self.coarsening_levels(geometry, coarsen)
@@ -937,24 +942,20 @@ class Emulator:
         """Warn once per emulator when the ice spans more cells than :data:`WIDE_ICE_CELLS`."""
         if getattr(self, "_warned_extent", False):
             return
-        trained = 0
-        for shape in self.metadata.training_data.get("grid_shapes") or ():
-            try:
-                trained = max(trained, *(int(n) for n in str(shape).split("x")))
-            except ValueError:
-                pass
+        trained = self.metadata.largest_training_grid
         extent = ice_extent_cells(thickness)
         if extent <= max(WIDE_ICE_CELLS, trained):
             return
         self._warned_extent = True
         seen = f"trained on grids of {trained} x {trained} nodes" if trained else "trained on smaller glaciers"
+        example = EXAMPLE_EXTENT_ERRORS
         warnings.warn(
             f"the ice spans {extent} grid cells across, more than {WIDE_ICE_CELLS}; emulator "
             f"{self.name!r} was {seen}, and its error grows with the number of cells (the "
-            "bundled example glacier, velocity3d-prior 1.7: 2 % off on a 200 m grid, 6 % at 100 m, 25 % "
-            "at 50 m): predict on a coarser grid (coarsen='auto', the CLI's "
-            "--coarsen auto: 3 % at 50 m), or check against the reference solver "
-            "(run --check-every)", ExtentWarning, stacklevel=4)
+            f"bundled example glacier, {example.model}: {example.percentages()}): predict on a "
+            "coarser grid (coarsen='auto', the CLI's --coarsen auto: "
+            f"{100 * example.coarsen_auto_at_50m:.0f} % at 50 m), or check against the reference "
+            "solver (run --check-every)", ExtentWarning, stacklevel=4)
 
     def _check_spacing(self, dx, dy) -> Tuple[float, float]:
         dy = dx if dy is None else dy

@@ -134,15 +134,17 @@ def recipe_file(name: str, *versions: str, configs: Path = ROOT / "training" / "
 
 def _extent_note(md) -> str:
     """The card's sentence on the glacier's size in grid cells (see ``WIDE_ICE_CELLS``)."""
-    from glacier_emulator.emulator import WIDE_ICE_CELLS
+    from glacier_emulator.constants import EXAMPLE_EXTENT_ERRORS as example, WIDE_ICE_CELLS
 
     shapes = (md.get("training_data") or {}).get("grid_shapes")
     trained = f"Trained on {', '.join(shapes)} grids; the" if shapes else "The"
+    errors = ", ".join(f"{err:.2f} at {dx:.0f} m" for dx, err in example.rel_l2_ubar)
     return (f"{trained} error grows with the extent of the ice in grid cells, not in metres "
-            "(velocity3d-prior 1.7 on the bundled example glacier, 7 km of ice: 0.02 on a 200 m grid, "
-            "0.06 at 100 m, 0.25 at 50 m): ice wider than "
+            f"({example.model} on the bundled example glacier, 7 km of ice: {errors}; "
+            "`scripts/results/extent.md`): ice wider than "
             f"{WIDE_ICE_CELLS} cells gets an `ExtentWarning`, and `coarsen=\"auto\"` "
-            "(`--coarsen auto`) predicts it on a coarser grid (that glacier at 50 m: 0.03). ")
+            "(`--coarsen auto`) predicts it on a coarser grid (that glacier at 50 m: "
+            f"{example.coarsen_auto_at_50m:.2f}). ")
 
 
 def _training_summary(md) -> str:

@@ -499,6 +499,27 @@ def test_ice_wider_than_wide_ice_cells_warns_once_per_emulator():
         trained_large.predict_geometry(big)
 
 
+def test_quoted_extent_errors_are_the_measured_ones():
+    """EXAMPLE_EXTENT_ERRORS (quoted by the ExtentWarning, the --coarsen help and the model
+    cards) holds the numbers of the last scripts/bench_extent.py run, made with the default model."""
+    from pathlib import Path
+
+    from glacier_emulator.constants import EXAMPLE_EXTENT_ERRORS as quoted, ExtentErrors
+    from glacier_emulator.emulator import list_pretrained
+
+    measured = json.loads((Path(__file__).parents[1] / "scripts" / "results" / "extent.json").read_text())
+    default = [m for m in list_pretrained() if m.get("default")]
+    assert len(default) == 1
+    assert measured["model"] == quoted.model == f"{default[0]['name']} {default[0]['version']}"
+    rows = {row["dx"]: row for row in measured["rows"]}
+    assert [dx for dx, _ in quoted.rel_l2_ubar] == sorted(rows, reverse=True)
+    for dx, error in quoted.rel_l2_ubar:
+        assert error == pytest.approx(rows[dx]["rel_l2_ubar"], abs=5e-4)
+    assert quoted.coarsen_auto_at_50m == pytest.approx(rows[50.0]["rel_l2_ubar_coarsen_auto"], abs=5e-4)
+    example = ExtentErrors("m", ((200.0, 0.023), (100.0, 0.056), (50.0, 0.252)), 0.028)
+    assert example.percentages() == "2 % off on a 200 m grid, 6 % at 100 m, 25 % at 50 m"
+
+
 def test_cli_prints_the_extent_warning_as_one_line(saved, tmp_path):
     """In a process of its own: pytest records warnings instead of printing them."""
     netcdf = pytest.importorskip("glacier_emulator.io.netcdf")

@@ -36,12 +36,16 @@ def register(subparsers) -> None:
 
 
 def add_coarsen_argument(parser) -> None:
+    from ..constants import COARSEN_TARGET_CELLS, EXAMPLE_EXTENT_ERRORS, WIDE_ICE_CELLS
+
+    as_given = dict(EXAMPLE_EXTENT_ERRORS.rel_l2_ubar)[50.0]
     parser.add_argument(
         "--coarsen", choices=("auto", "1", "2", "4", "8"), metavar="auto|N",
-        help="predict on every N-th node and interpolate back; auto: for ice wider than 128 cells "
-        "(where the emulator's error grows: the bundled example at 50 m, 0.25 as given, 0.03 so), "
-        "as coarse as brings it to 48 cells within the model's spacing range (default: the grid "
-        "as given)",
+        help="predict on every N-th node and interpolate back; auto: for ice wider than "
+        f"{WIDE_ICE_CELLS} cells (where the emulator's error grows: the bundled example at 50 m, "
+        f"{as_given:.2f} as given, {EXAMPLE_EXTENT_ERRORS.coarsen_auto_at_50m:.2f} so), as coarse "
+        f"as brings it to {COARSEN_TARGET_CELLS} cells within the model's spacing range (default: "
+        "the grid as given)",
     )
 
 
