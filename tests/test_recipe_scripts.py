@@ -182,6 +182,10 @@ def test_model_card_names_the_recipe_of_the_models_version(tmp_path):
     # the shipped 1.7.0, trained as the candidate 1.7.0-wide96
     assert recipe_file("velocity3d-prior", "1.7.0-wide96", "1.7.0") \
         == "training/configs/velocity3d-prior-wide96.yaml"
+    # the shipped 1.8.0, trained as 1.8.0-evo96b from the output of the stage 1.8.0-evo96
+    assert recipe_file("velocity3d-prior", "1.8.0-evo96b", "1.8.0") \
+        == "training/configs/velocity3d-prior-evo96b.yaml"
+    assert recipe_file("velocity3d-prior", "1.8.0-evo96") == "training/configs/velocity3d-prior-evo96.yaml"
     (tmp_path / "stage9.yaml").write_text("name: velocity3d-prior\nversion: 9.0.0\n")
     (tmp_path / "other.yaml").write_text("name: another\nversion: 9.0.0\n")
     assert recipe_file("velocity3d-prior", "9.0.0", configs=tmp_path) == "training/configs/stage9.yaml"
