@@ -96,9 +96,9 @@ cards (``scripts/evaluate_model.py``): update it when the benchmark is rerun."""
 
 COARSEN_TARGET_CELLS = 48
 """``coarsen="auto"`` acts on ice wider than :data:`WIDE_ICE_CELLS` and halves the grid until the
-ice spans at most this many cells (the training crop up to 1.6) or the next halving would leave the
-model's grid-spacing range. Narrower ice is left alone: on the generator's 96 x 96 glaciers (ice
-48-96 cells across) halving was worse than the grid as given on 13 of 19 (1.6)."""
+ice spans at most this many cells (the training crop up to 1.6) or the next halving would leave
+the model's grid-spacing range. Narrower ice is left alone: on the generator's 96 x 96 glaciers
+(ice 48-96 cells across) halving was worse than the grid as given on 13 of 19 (1.6)."""
 
 
 def dataclass_from_mapping(cls, values, *, what: str):

@@ -53,14 +53,13 @@ import numpy as np
 import tensorflow as tf
 
 from . import __version__
-from .constants import (  # noqa: F401  (the extent constants are documented with the emulator)
+from .constants import (
     COARSEN_TARGET_CELLS,
     DEFAULT_PHYSICS,
     DEFAULT_VERTICAL,
     EXAMPLE_EXTENT_ERRORS,
     UNITS,
     WIDE_ICE_CELLS,
-    ExtentErrors,
     Physics,
     VerticalDiscretisation,
 )
