@@ -32,11 +32,12 @@ from glacier_emulator.provenance import describe_machine, load_average, machine_
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def evaluate(emulator, files, *, ubar_only=False, outside=None):
+def evaluate(emulator, files, *, ubar_only=False, outside=None, repeats=3):
     """One row per converged test file; ``ubar_only`` skips what does not depend on the emulator's
     symmetry averaging beyond ubar (the shallow-ice baseline, surface velocity, energy gap).
     Files whose grid spacing is outside the model's trained range (which the emulator refuses)
-    are left out; their names are appended to the list ``outside`` when one is given."""
+    are left out; their names are appended to the list ``outside`` when one is given. The
+    inference time is the median of ``repeats`` calls after one warm-up call (which compiles)."""
     import tensorflow as tf
     import xarray as xr
 
@@ -63,7 +64,7 @@ def evaluate(emulator, files, *, ubar_only=False, outside=None):
             continue
         emulator.predict_geometry(geometry)  # warm-up for this grid size
         times = []
-        for _ in range(3):
+        for _ in range(repeats):
             t0 = time.perf_counter()
             vel = emulator.predict_geometry(geometry)
             times.append(time.perf_counter() - t0)
@@ -186,6 +187,12 @@ def main():
     parser.add_argument("--compare-symmetrise", nargs="*", default=[], metavar="MODE",
                         choices=SYMMETRISE_MODES,
                         help="also measure ubar error and inference time with these symmetry averagings")
+    parser.add_argument("--refine", nargs="*", type=int, default=[], metavar="N",
+                        help="also measure the prediction refined by N reference-solver iterations "
+                        "(Emulator.with_refine; ubar, surface, energy gap, time) on every test set")
+    parser.add_argument("--refine-only", action="store_true",
+                        help="evaluate only the --refine rows and add them to the evaluation stored in "
+                        "the model's JSON (then write --card from it)")
     parser.add_argument("--no-update", action="store_true", help="do not write the accuracy into the JSON")
     parser.add_argument("--card-only", action="store_true",
                         help="evaluate nothing: write --card from the evaluation stored in the model's JSON "
@@ -212,6 +219,24 @@ def main():
     from glacier_emulator.emulator import Emulator
 
     emulator = Emulator.load(args.model)
+    if args.refine_only:
+        if not args.refine:
+            parser.error("--refine-only needs --refine N")
+        accuracy = json.loads(json_path.read_text())["accuracy"]["held_out"]
+        accuracy["refine"] = refine_rows(emulator, files, args)
+        accuracy["refine_measured"] = dict(
+            machine=dict(machine, load_average_end=load_average()),
+            date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        print(json.dumps(accuracy["refine"], indent=2))
+        if not args.no_update:
+            meta = json.loads(json_path.read_text())
+            meta["accuracy"]["held_out"] = accuracy
+            json_path.write_text(json.dumps(meta, indent=2) + "\n")
+        if args.card:
+            rows = accuracy["per_file"]
+            extra_rows = {k: v["per_file"] for k, v in accuracy["extra"].items()}
+            write_card(args, json_path, accuracy, rows, extra_rows)
+        return
     outside = []
     rows = evaluate(emulator, files, outside=outside)
     by_kind = defaultdict(list)
@@ -250,6 +275,8 @@ def main():
             mode: dict(rel_l2_ubar=summarise(group, "rel_l2_ubar"),
                        inference_s_median=float(np.median([r["inference_s"] for r in group])))
             for mode, group in modes.items()}
+    if args.refine:
+        accuracy["refine"] = refine_rows(emulator, files, args)
     print(json.dumps(accuracy, indent=2))
     if not args.no_update and json_path.is_file():
         meta = json.loads(json_path.read_text())
@@ -257,6 +284,54 @@ def main():
         json_path.write_text(json.dumps(meta, indent=2) + "\n")
     if args.card:
         write_card(args, json_path, accuracy, rows, extra_rows)
+
+
+def refine_rows(emulator, files, args):
+    """``--refine``: each N on the test set and every ``--extra-test`` set."""
+    sets = {"test": files}
+    sets.update({item.partition("=")[0]: sorted(Path(item.partition("=")[2]).glob("*.nc"))
+                 for item in args.extra_test})
+    out = {}
+    for iterations in args.refine:
+        refined = emulator.with_refine(iterations)
+        out[str(iterations)] = {name: _refine_summary(evaluate(refined, group, repeats=1))
+                                for name, group in sets.items()}
+    return out
+
+
+def _refine_summary(group):
+    return dict(test_files=len(group), rel_l2_ubar=summarise(group, "rel_l2_ubar"),
+                rel_l2_surface=summarise(group, "rel_l2_surface"),
+                energy_gap=summarise(group, "energy_gap"),
+                inference_s_median=float(np.median([r["inference_s"] for r in group])) if group else None,
+                per_file=[dict(file=r["file"], rel_l2_ubar=r["rel_l2_ubar"]) for r in group])
+
+
+def _refine_lines(accuracy):
+    """The card's table of the refined predictions (``--refine``), if measured."""
+    refine = accuracy.get("refine")
+    if not refine:
+        return []
+    lines = ["Refined by the reference solver (`predict_geometry(..., refine=N)`, `--refine N` of "
+             "`predict` and `run`: the network's prediction, then at most N L-BFGS iterations of the "
+             "Blatter-Pattyn solver; a 2-channel model starts them from the shallow-ice vertical "
+             "profile of its prediction, a 3-D one from its levels). Time: one call after a "
+             "warm-up call that compiles the solver for the glacier's grid spacing"
+             + (f"; measured {accuracy['refine_measured']['date']} on "
+                f"{describe_machine(accuracy['refine_measured']['machine'])}"
+                if "refine_measured" in accuracy else "") + ".", "",
+             "| refine N | glaciers | n | rel. L2 ubar median | p90 | surface median | energy gap median | time (ms) |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def fmt(s, k, digits=3):
+        return f"{s[k]:.{digits}f}" if s else "-"
+
+    for iterations, sets in refine.items():
+        for name, r in sets.items():
+            lines.append(f"| {iterations} | {name} | {r['test_files']} | {fmt(r['rel_l2_ubar'], 'median')} | "
+                         f"{fmt(r['rel_l2_ubar'], 'p90')} | {fmt(r['rel_l2_surface'], 'median')} | "
+                         f"{fmt(r['energy_gap'], 'median', 4)} | {r['inference_s_median'] * 1000:.0f} |")
+    return lines + [""]
 
 
 def write_card(args, json_path, accuracy, rows, extra_rows):
@@ -328,6 +403,7 @@ def write_card(args, json_path, accuracy, rows, extra_rows):
             lines.append(f"| {mode} | {SYMMETRY_IMAGES[mode]} | {m['rel_l2_ubar']['median']:.3f} | "
                          f"{m['rel_l2_ubar']['p90']:.3f} | {m['inference_s_median'] * 1000:.1f} |")
         lines.append("")
+    lines += _refine_lines(accuracy)
     if args.notes:
         lines += [Path(args.notes).read_text()]
     Path(args.card).write_text("\n".join(lines) + "\n")

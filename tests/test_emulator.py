@@ -585,3 +585,62 @@ def test_cli_coarsen_option(saved, tmp_path):
     with xr.open_dataset(tmp_path / "c2.nc") as c2, xr.open_dataset(tmp_path / "c1.nc") as c1:
         assert c2.attrs["emulator_coarsening"] == 2 and c1.attrs["emulator_coarsening"] == 1
         assert not np.allclose(c2["ubar"].values, c1["ubar"].values)
+
+
+# ------------------------------------------------------------------- solver refinement
+@pytest.mark.parametrize("fixture", ["tiny_levels", "tiny"])
+def test_refine_converges_to_the_reference_solve(fixture, request):
+    """``refine`` runs the reference solver from the network's prediction: 0 iterations change
+    nothing, each budget lowers the error of even an untrained network, and enough iterations
+    reach the converged solve (the energy has one minimiser). The 2-channel model starts from
+    the shallow-ice vertical profile of its depth average."""
+    from glacier_emulator.numerics.solver import SolverConfig, solve
+
+    emulator = request.getfixturevalue(fixture)
+    g = glacier(n=21, ny=15)
+    ref = solve(g, physics=emulator.physics, vertical=emulator.vertical,
+                config=SolverConfig(tolerance=1e-10)).velocity
+    ice = g.thickness > 0
+
+    def error(v):
+        return relative_l2(np.stack([v.ubar, v.vbar]), np.stack([ref.ubar, ref.vbar]), ice)
+
+    raw = emulator.predict_geometry(g)
+    np.testing.assert_array_equal(emulator.predict_geometry(g, refine=0).ubar, raw.ubar)
+    errors = [error(raw)] + [error(emulator.predict_geometry(g, refine=k)) for k in (10, 3000)]
+    assert errors[0] > 0.1  # untrained: far from the solution
+    assert errors[1] < 0.5 * errors[0]
+    assert errors[2] < 1e-3
+    refined = emulator.with_refine(10)
+    assert refined.refine == 10 and emulator.refine == 0 and refined.model is emulator.model
+    assert error(refined.predict_geometry(g)) == pytest.approx(errors[1], rel=1e-9)
+    assert refined.predict_geometry(g).u is not None  # the solver's levels
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "10"])
+def test_refine_must_be_a_whole_number_of_iterations(tiny, bad):
+    with pytest.raises(ValueError, match="refine must be a whole number"):
+        tiny.with_refine(bad)
+    with pytest.raises(ValueError, match="refine must be a whole number"):
+        tiny.predict_geometry(glacier(), refine=bad)
+
+
+def test_cli_refine_option(saved, tiny, tmp_path, capsys):
+    """predict --refine N records N in the output; a negative N is one line and exit code 2."""
+    import xarray as xr
+
+    netcdf = pytest.importorskip("glacier_emulator.io.netcdf")
+    g = glacier(n=21, ny=15)
+    netcdf.write_geometry(g, tmp_path / "in.nc")
+    args = ["predict", str(tmp_path / "in.nc"), "--model", str(saved)]
+    assert main(args + ["-o", str(tmp_path / "r.nc"), "--refine", "10"]) == 0
+    with xr.open_dataset(tmp_path / "r.nc") as out:
+        assert int(out.attrs["emulator_refine_iterations"]) == 10
+        expected = tiny.predict_geometry(g, refine=10)
+        np.testing.assert_allclose(out["ubar"].values, expected.ubar, rtol=1e-6,
+                                   atol=1e-6 * np.abs(expected.ubar).max())
+    capsys.readouterr()
+    assert main(args + ["-o", str(tmp_path / "bad.nc"), "--refine", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--refine" in err[0]
+    assert not (tmp_path / "bad.nc").exists()

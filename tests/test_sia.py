@@ -127,3 +127,30 @@ def test_halfar_exact_solution_properties():
     assert dome.margin(2 * dome.t0) == pytest.approx(10_000.0 * 2 ** (1 / 18))
     with pytest.raises(ValueError, match="height"):
         HalfarDome(height=-1.0)
+
+
+def test_sia_shaped_levels_keep_the_depth_average_and_take_the_sia_profile():
+    """The 3-D guess for a depth-averaged prediction: its trapezoidal depth average is exactly the
+    given one, and each column has the SIA's shape (here no slip: 1 - (1 - zeta)^(n+1), scaled);
+    where the SIA does not move the column is uniform."""
+    from glacier_emulator.constants import DEFAULT_VERTICAL
+    from glacier_emulator.physics.sia import sia_shaped_levels, sia_velocity
+
+    physics = DEFAULT_PHYSICS.replace(no_slip=True)
+    g = slab(shape=(5, 8))
+    flat = np.zeros((5, 8), bool)
+    flat[:, :2] = True                                   # no surface slope: the SIA is at rest
+    slope_x = np.where(flat, 0.0, g.slopes()[0])
+    g = Geometry(thickness=g.thickness, bed=g.bed, dx=g.dx, surface_slope=(slope_x, 0 * slope_x))
+    rng = np.random.default_rng(0)
+    ubar, vbar = rng.uniform(-50, 50, (5, 8)), rng.uniform(-50, 50, (5, 8))
+    zeta = DEFAULT_VERTICAL.zeta
+    v = sia_shaped_levels(g, ubar, vbar, zeta=zeta, physics=physics)
+    np.testing.assert_allclose(v.ubar, ubar, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(v.vbar, vbar, rtol=1e-12, atol=1e-12)
+    sia = sia_velocity(g, physics=physics, zeta=zeta)
+    moving = ~flat
+    ratio = v.u[1:, moving] / sia.u[1:, moving]        # one factor per column (above the bed)
+    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[-1], ratio.shape), rtol=1e-10)
+    assert np.all(v.u[0, moving] == 0.0)                 # no slip at the bed
+    np.testing.assert_allclose(v.u[:, flat], np.broadcast_to(ubar[flat], v.u[:, flat].shape))

@@ -32,6 +32,7 @@ def register(subparsers) -> None:
     )
     add_symmetrise_argument(parser)
     add_coarsen_argument(parser)
+    add_refine_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -49,6 +50,15 @@ def add_coarsen_argument(parser) -> None:
     )
 
 
+def add_refine_argument(parser) -> None:
+    parser.add_argument(
+        "--refine", type=int, metavar="N",
+        help="after the network, at most N iterations of the reference solver started from its "
+        "prediction: slower, closer to the Blatter-Pattyn solution (the model cards' refine rows; "
+        "best with a 3-D model such as velocity3d-prior; default 0, the network alone)",
+    )
+
+
 def add_symmetrise_argument(parser) -> None:
     from ..constants import SYMMETRISE_MODES
 
@@ -60,10 +70,12 @@ def add_symmetrise_argument(parser) -> None:
     )
 
 
-def resolve_model(spec: str | None, symmetrise: str | None = None, coarsen: str | None = None):
+def resolve_model(spec: str | None, symmetrise: str | None = None, coarsen: str | None = None,
+                  refine: int | None = None):
     """The emulator named by ``--model``: a path to a ``.keras`` file, a shipped name, or None
     (the default model); ``symmetrise`` overrides the model's symmetry averaging, ``coarsen``
-    (``--coarsen``: "auto" or a number) sets its coarse-grid prediction."""
+    (``--coarsen``: "auto" or a number) sets its coarse-grid prediction, ``refine``
+    (``--refine``) its solver iterations after the network."""
     from ..emulator import Emulator, NoPretrainedModelError
     from ..fields import InputError
 
@@ -82,13 +94,18 @@ def resolve_model(spec: str | None, symmetrise: str | None = None, coarsen: str 
         emulator = emulator.with_symmetrise(symmetrise)
     if coarsen is not None:
         emulator = emulator.with_coarsen(coarsen if coarsen == "auto" else int(coarsen))
+    if refine is not None:
+        try:
+            emulator = emulator.with_refine(refine)
+        except ValueError as exc:
+            raise InputError(f"--refine: {exc}") from None
     return emulator
 
 
 def run(args: argparse.Namespace) -> int:
     from ..fields import InputError
 
-    emulator = resolve_model(args.model, args.symmetrise, args.coarsen)
+    emulator = resolve_model(args.model, args.symmetrise, args.coarsen, args.refine)
     from ..io.netcdf import read_geometry, write_velocity
 
     geometry = read_geometry(args.input)
@@ -105,15 +122,17 @@ def run(args: argparse.Namespace) -> int:
         "emulator_created": meta.created,
         "emulator_symmetrise": emulator.model.symmetrise,
         "emulator_coarsening": 2 ** emulator.coarsening_levels(geometry, emulator.coarsen),
+        "emulator_refine_iterations": emulator.refine,
         "physics": repr(meta.physics.to_dict()),
         "vertical_levels": meta.vertical.levels,
         "vertical_spacing": meta.vertical.spacing,
     }
     write_velocity(velocity, geometry, args.output, attrs=attrs)
     ny, nx = geometry.shape
+    refined = f", refined by at most {emulator.refine} solver iterations" if emulator.refine else ""
     print(
         f"{args.output}: velocity of {ny} x {nx} grid from emulator {emulator.name!r} in "
-        f"{elapsed:.2f} s (max speed {float(velocity.speed.max()):.4g} m/yr)",
+        f"{elapsed:.2f} s{refined} (max speed {float(velocity.speed.max()):.4g} m/yr)",
         file=sys.stderr,
     )
     return 0

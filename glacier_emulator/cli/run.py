@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from .common import add_physics_arguments, physics_from_args
-from .predict import add_coarsen_argument, add_symmetrise_argument
+from .predict import add_coarsen_argument, add_refine_argument, add_symmetrise_argument
 
 SMB_HELP = (
     "surface mass balance: a number (uniform, m ice/yr), 'ela' (the IGM example: ELA 2300 m, "
@@ -52,6 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", metavar="NAME|PATH", help="emulator: a shipped model name or a .keras file")
     add_symmetrise_argument(p)
     add_coarsen_argument(p)
+    add_refine_argument(p)
     p.add_argument("--smb", metavar="SPEC", help=SMB_HELP)
     p.add_argument("--save-every", type=float, metavar="Y", help="years between saved records")
     p.add_argument("--cfl", type=float, metavar="C", help="Courant number (default 0.3)")
@@ -194,7 +195,7 @@ def resolve_provider(config, physics, args, *, note):
     from ..dynamics.providers import EmulatorProvider, SIAProvider, make_provider
 
     name = config.velocity
-    if name is None and (args.model or args.symmetrise or args.coarsen):
+    if name is None and (args.model or args.symmetrise or args.coarsen or args.refine):
         name = "emulator"  # asking for a model (or its symmetry averaging) means the emulator
     if name is None:
         # the shipped default emulator; an installation without a usable one falls back to the SIA
@@ -212,7 +213,7 @@ def resolve_provider(config, physics, args, *, note):
     if name == "emulator":
         from .predict import resolve_model
 
-        emulator = resolve_model(args.model, args.symmetrise, args.coarsen)
+        emulator = resolve_model(args.model, args.symmetrise, args.coarsen, args.refine)
         if not emulator.metadata.forward_runs:
             note(f"warning: the emulator {emulator.name} is marked not for forward runs (it failed "
                  "the forward test of its model card: the ice may pile up until the run stops); "

@@ -177,6 +177,22 @@ class EmulatorProvider:
     def max_time_step(self, geometry: Geometry, velocity: Velocity) -> Optional[float]:
         return None
 
+    def describe(self) -> dict:
+        """What a run's output records of the emulator (an :class:`Emulator`'s name, version,
+        symmetry averaging, coarsening and solver refinement; nothing for other objects)."""
+        meta = getattr(self.emulator, "metadata", None)
+        if meta is None:
+            return {}
+        model = getattr(self.emulator, "model", None)
+        coarsen = getattr(self.emulator, "coarsen", None)
+        return {
+            "emulator": meta.name,
+            "emulator_version": meta.version,
+            "emulator_symmetrise": str(getattr(model, "symmetrise", "none")),
+            "emulator_coarsen": "none" if coarsen is None else str(coarsen),
+            "emulator_refine_iterations": int(getattr(self.emulator, "refine", 0)),
+        }
+
 
 class PrescribedVelocity:
     """A fixed depth-averaged velocity (m/yr), uniform or a ``(ny, nx)`` field; for tests.

@@ -628,6 +628,9 @@ class Stepper:
             "start_time": self.start_time,
             "initial_volume": self.initial_volume,
         })
+        describe = getattr(self.provider, "describe", None)
+        if callable(describe):
+            ds.attrs.update(describe())
         if self.check is not None:
             ds.attrs["velocity_check_every"] = self.check.every
             ds.attrs["velocity_check_reference"] = self.check.name

@@ -54,13 +54,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ..constants import DEFAULT_PHYSICS, Physics
+from ..constants import DEFAULT_PHYSICS, Physics, trapezoid_weights
 from ..fields import Geometry, Velocity
 
 __all__ = [
     "deformation_factor",
     "sia_components",
     "sia_velocity",
+    "sia_shaped_levels",
     "sia_diffusivity",
     "sia_stable_time_step",
     "sia_face_velocities",
@@ -217,6 +218,32 @@ def sia_velocity(
     u = ub[None] + us_def[None] * shape_fn
     v = vb[None] + vs_def[None] * shape_fn
     return Velocity(ubar=ubar, vbar=vbar, u=u, v=v, zeta=zeta)
+
+
+def sia_shaped_levels(
+    geometry: Geometry,
+    ubar: np.ndarray,
+    vbar: np.ndarray,
+    *,
+    zeta: np.ndarray,
+    physics: Physics = DEFAULT_PHYSICS,
+) -> Velocity:
+    r"""A 3-D velocity with the depth average ``(ubar, vbar)`` and the SIA's vertical profile.
+
+    Each column's speed is ``|ubar| * |u_sia(zeta)| / |ubar_sia|`` along the direction of
+    ``(ubar, vbar)``: the shallow-ice shape (sliding plus :math:`1 - (1-\zeta)^{n+1}`), scaled so
+    that the depth average (trapezoidal on ``zeta``) is close to the given one. Where the SIA
+    speed vanishes the column is uniform. A starting guess for the reference solver when only the
+    depth average is known (a 2-channel emulator, :meth:`Emulator.predict_geometry` with
+    ``refine``).
+    """
+    sia = sia_velocity(geometry, physics=physics, zeta=zeta)
+    zeta = np.asarray(zeta, float)
+    column = np.hypot(sia.u, sia.v)
+    mean = np.tensordot(trapezoid_weights(zeta), column, axes=1)
+    tiny = 1e-6 * max(float(mean.max()), 1e-30)
+    shape = np.where(mean > tiny, column / np.maximum(mean, tiny), 1.0)
+    return Velocity.from_levels(np.asarray(ubar)[None] * shape, np.asarray(vbar)[None] * shape, zeta)
 
 
 def sia_diffusivity(geometry: Geometry, *, physics: Physics = DEFAULT_PHYSICS) -> np.ndarray:
