@@ -250,20 +250,21 @@ def _column_weights(zeta) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _energy_function(*, dtype, dx, dy, periodic, physics, vertical, explicit_slope):
+def _energy_function(*, dtype, periodic, physics, vertical, explicit_slope):
     """The compiled scaled energy and its gradient, for one kind of problem.
 
     The unknowns ``x`` (shape ``(2, Nz, ny, nx)``: u then v) are the basal velocity and the
     velocity increment across each layer, scaled by sqrt(layer thickness): each layer's shear
     energy then depends on one unknown with a curvature independent of the layer thickness, a
-    diagonal preconditioner of the stiff vertical shear. The geometry enters as tensors, so one
-    compilation serves every glacier of a grid size (forward runs, datasets).
+    diagonal preconditioner of the stiff vertical shear. The geometry and the grid spacing enter
+    as tensors, so one compilation serves every glacier of a grid size (forward runs, datasets
+    whose glaciers have different spacings).
     """
     col_w = tf.constant(_column_weights(vertical.zeta), dtype)[:, None, None]
 
     @tf.function(jit_compile=True, autograph=False)
     def value_and_grad(x, free, ice, thickness, surface, slope_x, slope_y, sliding, rate,
-                       uscale, escale):
+                       uscale, escale, dx, dy):
         with tf.GradientTape() as tape:
             tape.watch(x)
             levels = tf.cumsum(x * free * col_w, axis=1) * (uscale * ice)
@@ -358,10 +359,11 @@ def solve(
         field(geometry.sliding_coefficient, physics.sliding_coefficient),
         field(geometry.rate_factor, physics.rate_factor),
     ]
-    inputs = [tf.constant(a, dtype) for a in inputs] + [tf.constant(uscale, dtype), tf.constant(escale, dtype)]
+    inputs = [tf.constant(a, dtype) for a in inputs] + [
+        tf.constant(a, dtype) for a in (uscale, escale, geometry.dx, geometry.dy)]
     value_and_grad = _energy_function(
-        dtype=dtype, dx=geometry.dx, dy=geometry.dy, periodic=geometry.periodic, physics=physics,
-        vertical=vertical, explicit_slope=geometry.surface_slope is not None,
+        dtype=dtype, periodic=geometry.periodic, physics=physics, vertical=vertical,
+        explicit_slope=geometry.surface_slope is not None,
     )
     # Unknowns: the basal velocity and the velocity increment across each layer, scaled by
     # sqrt(layer thickness) (see _energy_function); fixed ones (ice-free nodes, the bed under
