@@ -11,6 +11,11 @@ of seconds. It is called four ways:
 * TensorFlow: :meth:`Emulator.tf_velocity`, differentiable with respect to every input channel
   (for physics-informed training and inversions).
 
+Where the network's few per cent are not close enough, ``predict_geometry(geometry, refine=N)``
+(or :meth:`Emulator.with_refine`) continues from its prediction with at most N iterations of the
+reference solver: a chosen amount of time for a chosen accuracy, between the network alone and a
+converged solve (the ``refine`` rows of the model cards, ``scripts/bench_refine.py``).
+
 Every numpy/xarray call validates its inputs against the model's metadata (shapes, finite values,
 thickness >= 0, plausible ranges, the grid spacing range the model was trained on) and raises
 :class:`~glacier_emulator.fields.InputError` with a message that names the variable, what was
@@ -810,8 +815,10 @@ class Emulator:
         physics and levels; it stops earlier if it converges).
 
         A 3-D prediction is the starting guess as it is; a depth-averaged one gets the
-        shallow-ice vertical profile (:func:`~glacier_emulator.physics.sia.sia_shaped_levels`),
-        a weaker start: refine with a 3-D model where possible. Returns the 3-D velocity.
+        shallow-ice vertical profile (:func:`~glacier_emulator.physics.sia.sia_shaped_levels`).
+        The iterations run in single precision. The first call for a grid size compiles the
+        solver's energy (a few seconds); later calls on that grid size (a forward run, a dataset)
+        reuse it. Returns the 3-D velocity on this model's levels.
         """
         from .numerics.solver import SolverConfig, solve
         from .physics.sia import sia_shaped_levels

@@ -14,6 +14,9 @@ their output for the same numbers.
 
     python scripts/bench_forward.py [--providers emulator solver sia] [--model PATH] [--repeats 1]
 
+A provider ``emulator+refineN`` is the emulator refined by at most N solver iterations at every
+velocity evaluation (``Emulator.with_refine``, ``run --refine N``).
+
 Results: scripts/results/forward.json and forward.md (machine and date included).
 """
 from __future__ import annotations
@@ -61,10 +64,13 @@ def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
     config = example_config()
     geometry = load_example_geometry()
     emulator = None
-    if name == "emulator" and model:
+    name, _, refine = name.partition("+refine")
+    if name == "emulator" and (model or refine):
         from glacier_emulator.emulator import Emulator
 
-        emulator = Emulator.load(model)
+        emulator = Emulator.load(model) if model else Emulator.pretrained()
+        if refine:
+            emulator = emulator.with_refine(int(refine))
     solver_config = None
     if name == "solver":
         from glacier_emulator.numerics.solver import SolverConfig
@@ -180,7 +186,7 @@ def main():
             wall_s=statistics.median(walls), steps=int(ds["n_steps"].values[-1]) if "n_steps" in ds else None,
             volume_2050_km3=float(ds["volume"].values[-1]) / 1e9, **extra,
         )
-        if name == "emulator":
+        if name.startswith("emulator"):
             results[name]["model"] = args.model or "shipped default"
         print(name, json.dumps(results[name]), flush=True)
         if args.save_runs:
@@ -201,7 +207,7 @@ def main():
                 results[name].update(compare(ds, datasets["solver"]))
     if "igm_unified" in datasets and "igm_solved" in datasets:
         results["igm_unified"]["vs_igm_solved"] = compare(datasets["igm_unified"], datasets["igm_solved"])
-    ratios = [(ours, theirs) for ours in ("emulator", "sia", "solver")
+    ratios = [(ours, theirs) for ours in results if not ours.startswith("igm_")
               for theirs in ("igm_unified", "igm_solved") if ours in results and theirs in results]
     for ours, theirs in ratios:
         results[ours][f"speedup_vs_{theirs}"] = results[theirs]["wall_s"] / results[ours]["wall_s"]

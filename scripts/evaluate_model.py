@@ -32,12 +32,14 @@ from glacier_emulator.provenance import describe_machine, load_average, machine_
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def evaluate(emulator, files, *, ubar_only=False, outside=None, repeats=3):
+def evaluate(emulator, files, *, ubar_only=False, outside=None, repeats=3, warm_every_file=True):
     """One row per converged test file; ``ubar_only`` skips what does not depend on the emulator's
     symmetry averaging beyond ubar (the shallow-ice baseline, surface velocity, energy gap).
     Files whose grid spacing is outside the model's trained range (which the emulator refuses)
     are left out; their names are appended to the list ``outside`` when one is given. The
-    inference time is the median of ``repeats`` calls after one warm-up call (which compiles)."""
+    inference time is the median of ``repeats`` calls after one warm-up call (which compiles);
+    with ``warm_every_file=False`` the warm-up call is made only for the first file of each grid
+    size (what compiles: the network's call and the refining solver's energy)."""
     import tensorflow as tf
     import xarray as xr
 
@@ -47,7 +49,7 @@ def evaluate(emulator, files, *, ubar_only=False, outside=None, repeats=3):
     from glacier_emulator.physics.sia import sia_velocity
 
     phys, vert = emulator.metadata.physics, emulator.metadata.vertical
-    rows = []
+    rows, warmed = [], set()
     for path in files:
         with xr.open_dataset(path) as ds:
             if int(ds.attrs.get("solver_converged", 1)) != 1:
@@ -62,7 +64,9 @@ def evaluate(emulator, files, *, ubar_only=False, outside=None, repeats=3):
             if outside is not None:
                 outside.append(Path(path).name)
             continue
-        emulator.predict_geometry(geometry)  # warm-up for this grid size
+        if warm_every_file or geometry.shape not in warmed:
+            emulator.predict_geometry(geometry)  # warm-up for this grid size
+            warmed.add(geometry.shape)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -294,7 +298,7 @@ def refine_rows(emulator, files, args):
     out = {}
     for iterations in args.refine:
         refined = emulator.with_refine(iterations)
-        out[str(iterations)] = {name: _refine_summary(evaluate(refined, group, repeats=1))
+        out[str(iterations)] = {name: _refine_summary(evaluate(refined, group, repeats=1, warm_every_file=False))
                                 for name, group in sets.items()}
     return out
 
@@ -315,8 +319,8 @@ def _refine_lines(accuracy):
     lines = ["Refined by the reference solver (`predict_geometry(..., refine=N)`, `--refine N` of "
              "`predict` and `run`: the network's prediction, then at most N L-BFGS iterations of the "
              "Blatter-Pattyn solver; a 2-channel model starts them from the shallow-ice vertical "
-             "profile of its prediction, a 3-D one from its levels). Time: one call after a "
-             "warm-up call that compiles the solver for the glacier's grid spacing"
+             "profile of its prediction, a 3-D one from its levels). Time: one call, after a "
+             "warm-up call on the first glacier of each grid size (which compiles)"
              + (f"; measured {accuracy['refine_measured']['date']} on "
                 f"{describe_machine(accuracy['refine_measured']['machine'])}"
                 if "refine_measured" in accuracy else "") + ".", "",

@@ -338,3 +338,46 @@ def test_bench_extent_resamples_the_example_glacier():
     np.testing.assert_allclose(coarse.thickness, base.thickness[::2, ::2])
     np.testing.assert_allclose(fine.thickness[::2, ::2], base.thickness, atol=1e-9)
     np.testing.assert_allclose(fine.bed[1::2, ::2], 0.5 * (base.bed[:-1] + base.bed[1:]), atol=1e-9)
+
+
+def test_evaluate_model_refine_rows(workdir, monkeypatch):
+    """--refine N measures the prediction refined by N solver iterations on every test set (here
+    lower than the untrained network's error); --refine-only adds such rows to the stored
+    evaluation without measuring the network again, and the card shows them."""
+    model = workdir / "tiny3d-r.keras"
+    Emulator.load(workdir / "tiny3d.keras").save(model)
+    script = ROOT / "scripts" / "evaluate_model.py"
+    run_script(script, [model, "--test", workdir / "test", "--refine", "40"], monkeypatch)
+    held = json.loads(model.with_suffix(".json").read_text())["accuracy"]["held_out"]
+    emulator = Emulator.load(model)
+    errors = []
+    for path in sorted((workdir / "test").glob("*.nc")):
+        geometry = read_geometry(path)
+        with xr.open_dataset(path) as ds:
+            ref = np.stack([ds["ubar"].values, ds["vbar"].values])
+        v = emulator.predict_geometry(geometry, refine=40)
+        errors.append(relative_l2(np.stack([v.ubar, v.vbar]), ref, geometry.thickness > 0))
+    refined = held["refine"]["40"]["test"]
+    assert refined["rel_l2_ubar"]["median"] == pytest.approx(np.median(errors), rel=1e-4)
+    assert refined["rel_l2_ubar"]["median"] < 0.5 * held["rel_l2_ubar"]["median"]
+    card = workdir / "tiny3d-r.md"
+    run_script(script, [model, "--test", workdir / "test", "--refine", "5", "--refine-only",
+                        "--card", card], monkeypatch)
+    again = json.loads(model.with_suffix(".json").read_text())["accuracy"]["held_out"]
+    assert again["per_file"] == held["per_file"] and list(again["refine"]) == ["5"]
+    assert again["refine"]["5"]["test"]["rel_l2_ubar"]["median"] > refined["rel_l2_ubar"]["median"]
+    assert "| 5 | test | 2 |" in card.read_text()
+
+
+def test_bench_refine_measures_error_and_time_per_iteration_budget(workdir):
+    """scripts/bench_refine.py on one small glacier: each budget's error against the converged
+    solve, falling with N, and the markdown table of it."""
+    bench = runpy.run_path(str(ROOT / "scripts" / "bench_refine.py"))
+    emulator = Emulator.load(workdir / "tiny3d.keras")
+    row = bench["bench_glacier"]("cap", cap(14, 150.0), [emulator], [0, 10, 300], repeats=1)
+    errors = [r["rel_l2_ubar"] for r in row["results"]]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-3
+    assert all(r["seconds"] > 0 for r in row["results"]) and row["solve_s"] > 0
+    report = dict(date="today", machine={}, command="bench_refine.py", rows=[row])
+    text = bench["markdown"](report)
+    assert "| 300 | " in text and f"{errors[2]:.4f}" in text
