@@ -198,3 +198,21 @@ def test_run_warns_about_a_model_not_for_forward_runs(tmp_path, capsys):
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
     assert f"{flagged[0]}" in listing and "not for forward runs" in listing
+
+
+def test_run_with_refine_names_the_default_model_and_records_the_iterations(tmp_path, capsys):
+    """``run --refine N`` drives the bundled example with the default emulator refined by N solver
+    iterations per velocity; the note says so and the output records model and N."""
+    import xarray as xr
+
+    from glacier_emulator.cli import main
+
+    out = tmp_path / "run.nc"
+    assert main(["run", "-o", str(out), "--years", "1", "--refine", "3"]) == 0
+    err = capsys.readouterr().err
+    default = Emulator.pretrained()
+    assert f"emulator {default.name}" in err and "refined by at most 3" in err
+    with xr.open_dataset(out) as ds:
+        assert ds.attrs["emulator"] == default.name and ds.attrs["emulator_version"] == default.metadata.version
+        assert int(ds.attrs["emulator_refine_iterations"]) == 3
+        assert np.isfinite(ds["thk"].values).all()

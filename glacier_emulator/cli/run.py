@@ -186,7 +186,14 @@ def resolve_smb(config, geometry, *, note):
 def _accuracy_note(emulator) -> str:
     from ..emulator import held_out_ubar_error
 
-    err = held_out_ubar_error(emulator.metadata.accuracy).get("median")
+    accuracy = emulator.metadata.accuracy
+    if emulator.refine:  # the card's refine row for this N, if it was measured
+        row = ((((accuracy or {}).get("held_out") or {}).get("refine") or {})
+               .get(str(emulator.refine)) or {}).get("test") or {}
+        err = (row.get("rel_l2_ubar") or {}).get("median")
+        return (f" (held-out relative error of ubar with refine {emulator.refine}: {err:.3f}, median)"
+                if err is not None else "")
+    err = held_out_ubar_error(accuracy).get("median")
     return f" (held-out relative error of ubar {err:.2f}, median)" if err is not None else ""
 
 
@@ -214,6 +221,9 @@ def resolve_provider(config, physics, args, *, note):
         from .predict import resolve_model
 
         emulator = resolve_model(args.model, args.symmetrise, args.coarsen, args.refine)
+        if emulator.refine:
+            note(f"velocity: the emulator {emulator.name}{_accuracy_note(emulator)}, refined by at "
+                 f"most {emulator.refine} reference-solver iterations at each velocity evaluation")
         if not emulator.metadata.forward_runs:
             note(f"warning: the emulator {emulator.name} is marked not for forward runs (it failed "
                  "the forward test of its model card: the ice may pile up until the run stops); "
