@@ -334,7 +334,8 @@ def _refine_lines(accuracy):
         for name, r in sets.items():
             lines.append(f"| {iterations} | {name} | {r['test_files']} | {fmt(r['rel_l2_ubar'], 'median')} | "
                          f"{fmt(r['rel_l2_ubar'], 'p90')} | {fmt(r['rel_l2_surface'], 'median')} | "
-                         f"{fmt(r['energy_gap'], 'median', 4)} | {r['inference_s_median'] * 1000:.0f} |")
+                         f"{fmt(r['energy_gap'], 'median', 4)} | "
+                         + (f"{r['inference_s_median'] * 1000:.0f} |" if r["inference_s_median"] is not None else "- |"))
     return lines + [""]
 
 
