@@ -366,7 +366,7 @@ def test_evaluate_model_refine_rows(workdir, monkeypatch):
     again = json.loads(model.with_suffix(".json").read_text())["accuracy"]["held_out"]
     assert again["per_file"] == held["per_file"] and list(again["refine"]) == ["5"]
     assert again["refine"]["5"]["test"]["rel_l2_ubar"]["median"] > refined["rel_l2_ubar"]["median"]
-    assert "| 5 | test | 2 |" in card.read_text()
+    assert "| 5 | all | 2 |" in card.read_text()
 
 
 def test_bench_refine_measures_error_and_time_per_iteration_budget(workdir):
