@@ -411,11 +411,15 @@ def uncompiled_copy(model: keras.Model) -> keras.Model:
     return fresh
 
 
-def held_out_ubar_error(accuracy: Optional[Mapping]) -> dict:
+def held_out_ubar_error(accuracy: Optional[Mapping], refine: int = 0) -> dict:
     """The model card's headline: ``{"median", "p90", "n"}`` of the relative L2 error of ubar on
     held-out glaciers against the solver (``accuracy["held_out"]["rel_l2_ubar"]``, written by
-    ``scripts/evaluate_model.py``), or ``{}`` when the model was not evaluated so."""
+    ``scripts/evaluate_model.py``), or ``{}`` when the model was not evaluated so. With
+    ``refine=N``: the same for the prediction refined by N solver iterations (the card's refine
+    row of its main test set, ``evaluate_model.py --refine N``), ``{}`` if N was not measured."""
     held = (accuracy or {}).get("held_out") or {}
+    if refine:
+        held = ((held.get("refine") or {}).get(str(refine)) or {}).get("test") or {}
     return dict(held.get("rel_l2_ubar") or {})
 
 

@@ -206,10 +206,7 @@ def main():
     if args.card_only:
         if not args.card:
             parser.error("--card-only needs --card")
-        accuracy = json.loads(json_path.read_text())["accuracy"]["held_out"]
-        rows = accuracy["per_file"]
-        extra_rows = {k: v["per_file"] for k, v in accuracy["extra"].items()}
-        write_card(args, json_path, accuracy, rows, extra_rows)
+        write_card(args, json_path, *stored_evaluation(json_path))
         return
     if not args.test:
         parser.error("--test is required (unless --card-only)")
@@ -226,19 +223,15 @@ def main():
     if args.refine_only:
         if not args.refine:
             parser.error("--refine-only needs --refine N")
-        accuracy = json.loads(json_path.read_text())["accuracy"]["held_out"]
+        accuracy, rows, extra_rows = stored_evaluation(json_path)
         accuracy["refine"] = refine_rows(emulator, files, args)
         accuracy["refine_measured"] = dict(
             machine=dict(machine, load_average_end=load_average()),
             date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         print(json.dumps(accuracy["refine"], indent=2))
         if not args.no_update:
-            meta = json.loads(json_path.read_text())
-            meta["accuracy"]["held_out"] = accuracy
-            json_path.write_text(json.dumps(meta, indent=2) + "\n")
+            store_evaluation(json_path, accuracy)
         if args.card:
-            rows = accuracy["per_file"]
-            extra_rows = {k: v["per_file"] for k, v in accuracy["extra"].items()}
             write_card(args, json_path, accuracy, rows, extra_rows)
         return
     outside = []
@@ -283,11 +276,23 @@ def main():
         accuracy["refine"] = refine_rows(emulator, files, args)
     print(json.dumps(accuracy, indent=2))
     if not args.no_update and json_path.is_file():
-        meta = json.loads(json_path.read_text())
-        meta["accuracy"] = dict(meta.get("accuracy") or {}, held_out=accuracy)
-        json_path.write_text(json.dumps(meta, indent=2) + "\n")
+        store_evaluation(json_path, accuracy)
     if args.card:
         write_card(args, json_path, accuracy, rows, extra_rows)
+
+
+def stored_evaluation(json_path):
+    """The held-out evaluation stored in a model's JSON: (accuracy, its rows, the rows of each
+    extra set), what :func:`write_card` takes."""
+    accuracy = json.loads(json_path.read_text())["accuracy"]["held_out"]
+    return accuracy, accuracy["per_file"], {k: v["per_file"] for k, v in accuracy["extra"].items()}
+
+
+def store_evaluation(json_path, accuracy):
+    """Write ``accuracy`` into the model's JSON as its held-out evaluation."""
+    meta = json.loads(json_path.read_text())
+    meta["accuracy"] = dict(meta.get("accuracy") or {}, held_out=accuracy)
+    json_path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def refine_rows(emulator, files, args):

@@ -82,6 +82,12 @@ def test_reproduces_the_stored_reference_output(name):
                                    err_msg=f"{name}: {key}")
 
 
+def first_held_out_index(accuracy):
+    """Index of the first glacier of a model's held-out evaluation (``sample_00012.nc`` -> 12)."""
+    name = accuracy["held_out"]["per_file"][0]["file"]
+    return int(name.removeprefix("sample_").removesuffix(".nc"))
+
+
 @functools.lru_cache(maxsize=None)
 def held_out_solution(index, physics, vertical):
     """Held-out test glacier ``index`` (seed 1, never trained on), rebuilt and solved here exactly
@@ -102,7 +108,7 @@ def test_card_accuracy_on_a_held_out_glacier_is_reproduced(name):
     info = next(m for m in MODELS if m["name"] == name)
     held = info["accuracy"]["held_out"]
     row = held["per_file"][0]
-    index = int(row["file"].removeprefix("sample_").removesuffix(".nc"))
+    index = first_held_out_index(info["accuracy"])
     emulator = Emulator.pretrained(name)
     geometry, result = held_out_solution(index, emulator.physics, emulator.vertical)
     v = emulator.predict_geometry(geometry)
@@ -117,7 +123,7 @@ def test_refine_takes_the_default_3d_model_below_the_stretch_target():
     (``refine=30``) more than halve its error and go below the 3 % stretch target of the
     depth-averaged speed; the refined surface velocity improves as well."""
     emulator = Emulator.pretrained("velocity3d-prior")
-    index = int(emulator.metadata.accuracy["held_out"]["per_file"][0]["file"][7:-3])
+    index = first_held_out_index(emulator.metadata.accuracy)
     geometry, result = held_out_solution(index, emulator.physics, emulator.vertical)
     ice = geometry.thickness > 0
     ref = result.velocity

@@ -186,15 +186,12 @@ def resolve_smb(config, geometry, *, note):
 def _accuracy_note(emulator) -> str:
     from ..emulator import held_out_ubar_error
 
-    accuracy = emulator.metadata.accuracy
-    if emulator.refine:  # the card's refine row for this N, if it was measured
-        row = ((((accuracy or {}).get("held_out") or {}).get("refine") or {})
-               .get(str(emulator.refine)) or {}).get("test") or {}
-        err = (row.get("rel_l2_ubar") or {}).get("median")
-        return (f" (held-out relative error of ubar with refine {emulator.refine}: {err:.3f}, median)"
-                if err is not None else "")
-    err = held_out_ubar_error(accuracy).get("median")
-    return f" (held-out relative error of ubar {err:.2f}, median)" if err is not None else ""
+    err = held_out_ubar_error(emulator.metadata.accuracy, emulator.refine).get("median")
+    if err is None:
+        return ""
+    if emulator.refine:
+        return f" (held-out relative error of ubar with refine {emulator.refine}: {err:.3f}, median)"
+    return f" (held-out relative error of ubar {err:.2f}, median)"
 
 
 def resolve_provider(config, physics, args, *, note):

@@ -232,7 +232,8 @@ def sia_shaped_levels(
 
     Each column's speed is ``|ubar| * |u_sia(zeta)| / |ubar_sia|`` along the direction of
     ``(ubar, vbar)``: the shallow-ice shape (sliding plus :math:`1 - (1-\zeta)^{n+1}`), scaled so
-    that the depth average (trapezoidal on ``zeta``) is close to the given one. Where the SIA
+    that the depth average (trapezoidal on ``zeta``, as :meth:`Velocity.from_levels` takes it)
+    is exactly the given one. Where the SIA
     speed vanishes the column is uniform. A starting guess for the reference solver when only the
     depth average is known (a 2-channel emulator, :meth:`Emulator.predict_geometry` with
     ``refine``).
