@@ -78,6 +78,7 @@ def evaluate(emulator, files, *, ubar_only=False, outside=None, repeats=3, warm_
         row = dict(file=Path(path).name, kind=kind, dx=geometry.dx, grid=list(geometry.shape),
                    rel_l2_ubar=relative_l2(est, ref),
                    max_speed=float(np.max(np.hypot(ubar, vbar))), inference_s=statistics.median(times))
+        row.update(location_fields(vel, ubar, vbar, geometry.thickness))
         if ubar_only:
             rows.append(row)
             continue
@@ -99,8 +100,18 @@ def evaluate(emulator, files, *, ubar_only=False, outside=None, repeats=3, warm_
     return rows
 
 
+def location_fields(vel, ubar, vbar, thickness):
+    """Where the ubar error lies (``verification.error_location``): the error on the interior band
+    and each band's share of the squared error and of the ice nodes, as fields of a row."""
+    from glacier_emulator.verification.error_location import error_by_location
+
+    loc = error_by_location(np.stack([vel.ubar, vel.vbar]), np.stack([ubar, vbar]), thickness)
+    return dict(rel_l2_ubar_interior=loc["rel_l2_interior"], error_share=loc["error_share"],
+                node_share=loc["node_share"])
+
+
 def summarise(rows, key):
-    values = [r[key] for r in rows if key in r]
+    values = [r[key] for r in rows if r.get(key) is not None]
     if not values:
         return None
     return dict(median=float(np.median(values)), p90=float(np.percentile(values, 90)), n=len(values))
@@ -197,6 +208,10 @@ def main():
     parser.add_argument("--refine-only", action="store_true",
                         help="evaluate only the --refine rows and add them to the evaluation stored in "
                         "the model's JSON (then write --card from it)")
+    parser.add_argument("--location-only", action="store_true",
+                        help="evaluate only where the error lies (margin, domain edge, interior; the "
+                        "network's prediction on every test set) and add it to the evaluation stored in "
+                        "the model's JSON (then write --card from it)")
     parser.add_argument("--no-update", action="store_true", help="do not write the accuracy into the JSON")
     parser.add_argument("--card-only", action="store_true",
                         help="evaluate nothing: write --card from the evaluation stored in the model's JSON "
@@ -229,6 +244,20 @@ def main():
             machine=dict(machine, load_average_end=load_average()),
             date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         print(json.dumps(accuracy["refine"], indent=2))
+        if not args.no_update:
+            store_evaluation(json_path, accuracy)
+        if args.card:
+            write_card(args, json_path, accuracy, rows, extra_rows)
+        return
+    if args.location_only:
+        accuracy, rows, extra_rows = stored_evaluation(json_path)
+        largest = add_locations(emulator, test_sets(files, args), rows, extra_rows)
+        accuracy["location_measured"] = dict(
+            machine=dict(machine, load_average_end=load_average()),
+            date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            largest_rel_l2_ubar_difference=largest)
+        print(f"where the error lies: added to {len(rows)} + {sum(map(len, extra_rows.values()))} rows; "
+              f"largest difference from the stored ubar errors {largest:.2e}")
         if not args.no_update:
             store_evaluation(json_path, accuracy)
         if args.card:
@@ -295,17 +324,73 @@ def store_evaluation(json_path, accuracy):
     json_path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def refine_rows(emulator, files, args):
-    """``--refine``: each N on the test set and every ``--extra-test`` set."""
+def test_sets(files, args):
+    """``{"test": files, name: files of each --extra-test set}``."""
     sets = {"test": files}
     sets.update({item.partition("=")[0]: sorted(Path(item.partition("=")[2]).glob("*.nc"))
                  for item in args.extra_test})
+    return sets
+
+
+def refine_rows(emulator, files, args):
+    """``--refine``: each N on the test set and every ``--extra-test`` set."""
+    sets = test_sets(files, args)
     out = {}
     for iterations in args.refine:
         refined = emulator.with_refine(iterations)
         out[str(iterations)] = {name: _refine_summary(evaluate(refined, group, repeats=1, warm_every_file=False))
                                 for name, group in sets.items()}
     return out
+
+
+LOCATION_KEYS = ("rel_l2_ubar_interior", "error_share", "node_share")
+
+
+def add_locations(emulator, sets, rows, extra_rows):
+    """``--location-only``: where the error lies (:func:`location_fields`), added to the stored
+    rows of every test set in place. Returns the largest difference between a file's ubar error
+    now and as stored (the same weights and files give 0 to round-off)."""
+    largest = 0.0
+    for name, files in sets.items():
+        fresh = {r["file"]: r for r in evaluate(emulator, files, ubar_only=True, repeats=1, warm_every_file=False)}
+        for r in rows if name == "test" else extra_rows[name]:
+            if r["file"] not in fresh:
+                raise SystemExit(f"{r['file']} of the stored evaluation ({name}) is not among the test files given")
+            new = fresh[r["file"]]
+            largest = max(largest, abs(new["rel_l2_ubar"] - r["rel_l2_ubar"]))
+            r.update({k: new[k] for k in LOCATION_KEYS})
+    return largest
+
+
+def _location_lines(accuracy, rows, extra_rows):
+    """The card's table of where the error lies, if measured."""
+    if not rows or "error_share" not in rows[0]:
+        return []
+    bands = ("margin", "edge", "interior")
+    measured = accuracy.get("location_measured")
+    lines = ["Where the ubar error lies (`glacier_emulator.verification.error_location`): ice nodes "
+             "within 3 nodes of the domain edge (`edge`), other ice within 2 nodes of an ice-free node "
+             "(`margin`), the rest (`interior`); each band's share of the squared error and of the ice "
+             "nodes, medians over the glaciers"
+             + (f" (measured {measured['date']} on {describe_machine(measured['machine'])}; the ubar "
+                f"errors recomputed then are within {measured['largest_rel_l2_ubar_difference']:.1g} of the "
+                "stored ones above)" if measured else "")
+             + ". A band whose share of the error exceeds its share of the nodes is where the network is "
+             "worse than on average.", "",
+             "| glaciers | n | rel. L2 ubar median | interior only | error share margin / edge / interior | "
+             "node share margin / edge / interior |",
+             "|---|---|---|---|---|---|"]
+    for name, group in [("all", rows)] + list(extra_rows.items()):
+        a, b = summarise(group, "rel_l2_ubar"), summarise(group, "rel_l2_ubar_interior")
+
+        def shares(key):
+            return " / ".join(f"{np.median([r[key][band] for r in group if r[key][band] is not None]):.2f}"
+                              for band in bands)
+
+        interior = f"{b['median']:.3f}" if b else "-"
+        lines.append(f"| {name} | {len(group)} | {a['median']:.3f} | {interior} | "
+                     f"{shares('error_share')} | {shares('node_share')} |")
+    return lines + [""]
 
 
 def _refine_summary(group):
@@ -414,6 +499,7 @@ def write_card(args, json_path, accuracy, rows, extra_rows):
             lines.append(f"| {mode} | {SYMMETRY_IMAGES[mode]} | {m['rel_l2_ubar']['median']:.3f} | "
                          f"{m['rel_l2_ubar']['p90']:.3f} | {m['inference_s_median'] * 1000:.1f} |")
         lines.append("")
+    lines += _location_lines(accuracy, rows, extra_rows)
     lines += _refine_lines(accuracy)
     if args.notes:
         lines += [Path(args.notes).read_text()]

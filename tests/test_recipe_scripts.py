@@ -160,8 +160,15 @@ def test_evaluate_model_measures_the_card_numbers(workdir, monkeypatch, capsys):
     assert modes["x"]["rel_l2_ubar"]["median"] == pytest.approx(np.median(errors["x"]), rel=1e-5)
     assert errors["x"] != pytest.approx(errors["dihedral"], rel=1e-3)  # the modes differ
     assert all(np.isfinite(r["energy_gap"]) for r in held["per_file"])
+    # where the error lies: the bands' shares of the squared error add up to 1 and the error over
+    # all bands is the file's error
+    for r in held["per_file"]:
+        assert sum(r["error_share"].values()) == pytest.approx(1.0, abs=1e-9)
+        assert sum(r["node_share"].values()) == pytest.approx(1.0, abs=1e-9)
+        assert r["rel_l2_ubar_interior"] is None or r["rel_l2_ubar_interior"] >= 0
     text = card.read_text()
     assert f"{held['rel_l2_ubar']['median']:.3f}" in text and "| dihedral | 8 |" in text and "| x | 2 |" in text
+    assert "Where the ubar error lies" in text and "| all | 2 |" in text
     # the card again from the stored evaluation, with notes: the same tables, nothing re-measured
     notes = workdir / "notes.md"
     notes.write_text("## Recipe\n\nA note written after the evaluation.\n")
@@ -169,6 +176,21 @@ def test_evaluate_model_measures_the_card_numbers(workdir, monkeypatch, capsys):
     run_script(ROOT / "scripts" / "evaluate_model.py",
                [model, "--card-only", "--card", again, "--notes", notes], monkeypatch)
     assert again.read_text() == text + notes.read_text() + "\n"
+    # --location-only adds the same fields to a stored evaluation that lacks them, nothing else
+    meta_path = model.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    for r in meta["accuracy"]["held_out"]["per_file"]:
+        for key in ("rel_l2_ubar_interior", "error_share", "node_share"):
+            del r[key]
+    meta_path.write_text(json.dumps(meta))
+    run_script(ROOT / "scripts" / "evaluate_model.py",
+               [model, "--test", workdir / "test", "--location-only"], monkeypatch)
+    located = json.loads(meta_path.read_text())["accuracy"]["held_out"]
+    assert located["location_measured"]["largest_rel_l2_ubar_difference"] < 1e-6
+    for new, old in zip(located["per_file"], held["per_file"]):
+        assert new["rel_l2_ubar_interior"] == pytest.approx(old["rel_l2_ubar_interior"], rel=1e-6)
+        for key in ("error_share", "node_share"):
+            assert new[key] == pytest.approx(old[key], rel=1e-6)
 
 
 def test_model_card_names_the_recipe_of_the_models_version(tmp_path):
