@@ -266,6 +266,22 @@ def test_ice_at_the_domain_edge_warns_or_raises():
         Stepper(g.replace(periodic=True), PrescribedVelocity())  # no edges on a periodic domain
 
 
+def test_ice_reaching_the_domain_edge_during_a_run_warns_once():
+    h = np.zeros((6, 10))
+    h[2:4, 2:4] = 10.0  # clear of the edges at the start, carried east at 100 m/yr
+    g = Geometry(thickness=h, bed=np.zeros_like(h), dx=100.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = Stepper(g, PrescribedVelocity(100.0, 0.0), dt_max=0.25)
+        s.run_until(1.0)
+        assert not caught  # upwind transport moves the front at most one cell a step: 4 of 6
+        s.run_until(12.0)
+    messages = [str(w.message) for w in caught if "reached the domain edge" in str(w.message)]
+    assert len(messages) == 1
+    year = float(messages[0].split("at year ")[1].split(";")[0])
+    assert 1.0 < year < 12.0 and s.outflow_volume > 0
+
+
 def test_ela_smb_formula_and_time_interpolation():
     bed = np.array([[2200.0, 2300.0], [2400.0, 3000.0]])
     g = Geometry(thickness=np.zeros((2, 2)), bed=bed, dx=1.0)

@@ -283,7 +283,8 @@ class Stepper:
         limiter: minmod-limited second-order face thickness (default first-order upwind).
         check_domain_edges: on a finite domain, raise :class:`~glacier_emulator.fields.InputError`
             if ice touches the domain edge at the start (by default only a warning: ice at the
-            edge flows out and is counted as outflow).
+            edge flows out and is counted as outflow). Ice that first reaches the edge during
+            the run (by flow or by the mass balance) gets one warning, naming the year.
         check: a :class:`~glacier_emulator.dynamics.check.VelocityCheck`: at the output records
             of :meth:`run_until_and_store` that fall on its interval, the velocity is compared
             with the reference solver's and the difference stored (``velocity_check_*``); the
@@ -391,13 +392,17 @@ class Stepper:
             self.smb_volume - self.outflow_volume + self.clipped_volume
         )
 
-    def _check_edges(self, *, raise_error: bool) -> None:
+    def _ice_at_edge(self) -> bool:
+        """Whether ice lies on a node of the domain edge (never on a periodic domain)."""
         g = self._geometry
         if g.periodic:
-            return
+            return False
         h = g.thickness
-        touches = bool(np.any(h[0] > 0) or np.any(h[-1] > 0) or np.any(h[:, 0] > 0) or np.any(h[:, -1] > 0))
-        if not touches:
+        return bool(np.any(h[0] > 0) or np.any(h[-1] > 0) or np.any(h[:, 0] > 0) or np.any(h[:, -1] > 0))
+
+    def _check_edges(self, *, raise_error: bool) -> None:
+        self._edge_reached = self._ice_at_edge()
+        if not self._edge_reached:
             return
         message = (
             "ice touches the domain edge at the start; ice reaching the edge flows out of the "
@@ -485,6 +490,15 @@ class Stepper:
         smb = self._current_smb()
         self._update(dt_used, smb)
         self.t = self.t + dt_used
+        if not self._edge_reached and self._ice_at_edge():
+            self._edge_reached = True
+            warnings.warn(
+                f"ice reached the domain edge at year {self.t:.6g} (by flow or by the mass "
+                "balance); it flows out there (counted as outflow), and the velocity near the edge "
+                "depends on that boundary, where emulators are also less accurate (model cards: "
+                "'Where the ubar error lies'). For a glacier that should stay inside, use a larger "
+                "domain.",
+                stacklevel=2)
         return dt_used
 
     def _fluxes(self, dt: float):
