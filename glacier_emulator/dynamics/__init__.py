@@ -14,7 +14,9 @@ Example:
     >>> from glacier_emulator.dynamics import ELASMB, SIAProvider, Stepper
     >>> stepper = Stepper(example_geometry(nx=25, ny=25, dx=400.0), SIAProvider(),
     ...                   ELASMB.constant(ela=2300, gradabl=0.009, gradacc=0.005, accmax=2.0))
-    >>> ds = stepper.run_until_and_store(10.0, every=5.0)  # doctest: +SKIP
+    >>> ds = stepper.run_until_and_store(10.0, every=5.0)
+    >>> [int(year) for year in ds.time.dt.year], ds.volume.attrs["units"]
+    ([0, 5, 10], 'm3')
 """
 from .check import VelocityCheck
 from .providers import (

@@ -168,7 +168,14 @@ def read_geometry(path: PathLike, *, variables: Optional[Mapping[str, str]] = No
             NaN/inf values or negative thickness.
 
     Example:
-        >>> g = read_geometry("input.nc", variables={"thickness": "thk_2020"})  # doctest: +SKIP
+        >>> import numpy as np, xarray as xr
+        >>> grid = (("y", "x"), {"units": "m"})
+        >>> xr.Dataset({"thk_2020": (grid[0], np.full((3, 4), 50.0), grid[1]),
+        ...             "topg": (grid[0], np.zeros((3, 4)), grid[1])},
+        ...            coords={"x": np.arange(4) * 100.0, "y": np.arange(3) * 100.0}).to_netcdf("input.nc")
+        >>> g = read_geometry("input.nc", variables={"thickness": "thk_2020"})
+        >>> g.shape, g.dx
+        ((3, 4), 100.0)
     """
     path = Path(path)
     label = str(path)

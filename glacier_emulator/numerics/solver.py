@@ -314,8 +314,11 @@ def solve(
         A :class:`SolveResult` with the 3-D velocity and the convergence report.
 
     Example:
-        >>> from glacier_emulator.physics.ismip_hom import ismip_hom_geometry
-        >>> result = solve(ismip_hom_geometry("B", length_km=10, resolution=16))  # doctest: +SKIP
+        >>> from glacier_emulator.verification.ismip_hom import ismip_hom_geometry, ismip_hom_physics
+        >>> result = solve(ismip_hom_geometry("B", length_km=10, resolution=8),
+        ...                physics=ismip_hom_physics("B"))
+        >>> result.converged
+        True
     """
     t0 = time.perf_counter()
     coarse_report = None
