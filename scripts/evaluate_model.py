@@ -12,7 +12,9 @@ the Blatter-Pattyn energy (3-D models; the same energy code as the solver). Repo
 The numbers are also written into the model's metadata JSON under ``accuracy`` (every glacier's
 row included), from which ``--card-only`` writes the card again after its ``--notes`` changed.
 ``--compare-symmetrise x`` adds the error and cost of other symmetry averagings of the same
-weights to the card.
+weights to the card. Every glacier's row also says where its error lies (the ice margin, the
+domain edge, the interior: :mod:`glacier_emulator.verification.error_location`), a table of the
+card; ``--location-only`` adds that alone to an evaluation stored before it existed.
 """
 from __future__ import annotations
 
@@ -251,7 +253,7 @@ def main():
         return
     if args.location_only:
         accuracy, rows, extra_rows = stored_evaluation(json_path)
-        largest = add_locations(emulator, test_sets(files, args), rows, extra_rows)
+        largest = add_locations(emulator, held_out_sets(files, args), rows, extra_rows)
         accuracy["location_measured"] = dict(
             machine=dict(machine, load_average_end=load_average()),
             date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -324,7 +326,7 @@ def store_evaluation(json_path, accuracy):
     json_path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def test_sets(files, args):
+def held_out_sets(files, args):
     """``{"test": files, name: files of each --extra-test set}``."""
     sets = {"test": files}
     sets.update({item.partition("=")[0]: sorted(Path(item.partition("=")[2]).glob("*.nc"))
@@ -334,7 +336,7 @@ def test_sets(files, args):
 
 def refine_rows(emulator, files, args):
     """``--refine``: each N on the test set and every ``--extra-test`` set."""
-    sets = test_sets(files, args)
+    sets = held_out_sets(files, args)
     out = {}
     for iterations in args.refine:
         refined = emulator.with_refine(iterations)

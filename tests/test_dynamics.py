@@ -278,7 +278,7 @@ def test_ice_reaching_the_domain_edge_during_a_run_warns_once():
         s.run_until(12.0)
     messages = [str(w.message) for w in caught if "reached the domain edge" in str(w.message)]
     assert len(messages) == 1
-    year = float(messages[0].split("at year ")[1].split(";")[0])
+    year = float(messages[0].split("at year ")[1].split()[0])
     assert 1.0 < year < 12.0 and s.outflow_volume > 0
 
 
