@@ -22,6 +22,7 @@ from glacier_emulator.dynamics import (
 )
 from glacier_emulator.fields import Geometry, InputError, Velocity, relative_l2
 from glacier_emulator.verification.halfar import HalfarDome
+from glacier_emulator.verification.error_location import error_by_location
 
 IGM_TABLE = [["time", "gradabl", "gradacc", "ela", "accmax"],
              [1900, 0.009, 0.005, 2300, 2.0], [2100, 0.009, 0.005, 2300, 2.0]]
@@ -453,6 +454,15 @@ def test_velocity_check_measures_the_solver_difference_and_leaves_the_run_unchan
                                np.stack([reference.ubar, reference.vbar])[:, ice])
         assert err[k] == pytest.approx(expected, rel=1e-3)
         assert err[k] > 0.05  # the SIA is no Blatter-Pattyn solver on this glacier
+        where = error_by_location(np.stack([ds.ubar.values[k], ds.vbar.values[k]]),
+                                  np.stack([reference.ubar, reference.vbar]), state.thickness)
+        assert ds["velocity_check_error_interior"].values[k] == pytest.approx(where["rel_l2_interior"], rel=1e-2)
+        for band in ("margin", "edge"):
+            stored = ds[f"velocity_check_error_share_{band}"].values[k]
+            assert stored == pytest.approx(where["error_share"][band], rel=1e-2, abs=1e-3)
+    shares = ds["velocity_check_error_share_margin"].values + ds["velocity_check_error_share_edge"].values
+    assert np.isnan(shares[[1, 3]]).all() and ((shares[[0, 2, 4]] > 0) & (shares[[0, 2, 4]] <= 1)).all()
+    assert ds["velocity_check_error_interior"].attrs["units"] == "1"
     assert ds["velocity_check_max_speed_difference"].values[0] > 0
     # checked against itself the SIA is exact: the difference is the check's, not the solver's
     same = Stepper(g, SIAProvider(), smb, check=VelocityCheck(SIAProvider(), every=1.0))

@@ -77,3 +77,19 @@ def test_exact_estimate_has_no_error_shares_and_mismatched_grids_are_refused():
         error_by_location(reference, reference, h[:-1])
     with pytest.raises(ValueError, match="differ in shape"):
         error_by_location(reference[:1], reference, h)
+
+
+def test_periodic_domain_has_no_edge_band_and_wraps_the_margin():
+    h = np.full((12, 12), 80.0)
+    h[:, 5:7] = 0.0  # an ice-free strip across the domain
+    finite = location_bands(h)
+    periodic = location_bands(h, periodic=True)
+    assert finite["edge"].any() and not periodic["edge"].any()
+    # beside the strip (columns 5-6) columns 3-4 and 7-8 are margin; the columns 3+ nodes from
+    # it, 0-2 and 9-11, are interior: the domain edge is no edge when it is periodic
+    assert periodic["margin"][:, [3, 4, 7, 8]].all()
+    assert periodic["interior"][:, [0, 1, 2, 9, 10, 11]].all()
+    h2 = np.full((12, 12), 80.0)
+    h2[:, 0] = 0.0  # ice-free at the west edge: across the boundary, column 11 is margin too
+    assert location_bands(h2, periodic=True)["margin"][:, [1, 2, 10, 11]].all()
+    assert not location_bands(h2, periodic=True)["margin"][:, 5].any()

@@ -13,6 +13,12 @@ Example (``geometry`` a :class:`~glacier_emulator.fields.Geometry`)::
     stepper = Stepper(geometry, SIAProvider(), check=VelocityCheck(SolverProvider(), every=10.0))
     ds = stepper.run_until_and_store(50.0, every=10.0)
     ds["velocity_check_error"].values   # relative L2 of (ubar, vbar) on the ice, per record
+    ds["velocity_check_error_interior"].values   # the same away from the margin and domain edge
+
+Where the difference lies is stored too: on the interior ice alone, and the shares of the
+squared difference within 2 nodes of ice-free ground and within 3 of the domain edge
+(:mod:`glacier_emulator.verification.error_location`): an emulator is least accurate at steep
+fronts and where the ice meets the domain edge.
 
 (``glacier-emulator run --check-every 10`` does the same from the command line.)
 """
@@ -26,6 +32,7 @@ import numpy as np
 
 from ..constants import UNITS
 from ..fields import Geometry, Velocity, relative_l2
+from ..verification.error_location import error_by_location
 
 __all__ = ["VelocityCheck", "CHECK_DIAGNOSTICS"]
 
@@ -40,8 +47,21 @@ CHECK_DIAGNOSTICS = {
     "velocity_check_max_speed_difference": (
         "largest difference of depth-averaged speed from the reference solver's on the ice",
         UNITS["velocity"]),
+    "velocity_check_error_interior": (
+        "relative L2 difference of (ubar, vbar) from the reference solver's on the interior ice: "
+        "at least 3 nodes from ice-free nodes and from the domain edge", "1"),
+    "velocity_check_error_share_margin": (
+        "share of the squared difference of (ubar, vbar) on ice within 2 nodes of an ice-free "
+        "node (and not within 3 of the domain edge)", "1"),
+    "velocity_check_error_share_edge": (
+        "share of the squared difference of (ubar, vbar) on ice within 3 nodes of the domain edge",
+        "1"),
     "velocity_check_wall_time": ("wall-clock time of the reference solve", "s"),
 }
+
+
+def _nan_if_none(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 class VelocityCheck:
@@ -76,18 +96,22 @@ class VelocityCheck:
         reference = self.reference.velocity(geometry)
         wall = time.perf_counter() - start
         ice = np.asarray(geometry.thickness) > 0
+        result = {name: float("nan") for name in CHECK_DIAGNOSTICS}
+        result["velocity_check_wall_time"] = wall
         if not ice.any():
-            return {"velocity_check_error": float("nan"),
-                    "velocity_check_max_speed_difference": float("nan"),
-                    "velocity_check_wall_time": wall}
+            return result
         ours = np.stack([np.asarray(velocity.ubar, float), np.asarray(velocity.vbar, float)])
         ref = np.stack([np.asarray(reference.ubar, float), np.asarray(reference.vbar, float)])
         speed_difference = np.abs(np.hypot(*ours) - np.hypot(*ref))[ice]
-        return {
+        where = error_by_location(ours, ref, geometry.thickness, periodic=geometry.periodic)
+        result.update({
             "velocity_check_error": float(relative_l2(ours[:, ice], ref[:, ice])),
             "velocity_check_max_speed_difference": float(speed_difference.max()),
-            "velocity_check_wall_time": wall,
-        }
+            "velocity_check_error_interior": _nan_if_none(where["rel_l2_interior"]),
+            "velocity_check_error_share_margin": _nan_if_none(where["error_share"]["margin"]),
+            "velocity_check_error_share_edge": _nan_if_none(where["error_share"]["edge"]),
+        })
+        return result
 
     @staticmethod
     def summary(dataset) -> Optional[str]:

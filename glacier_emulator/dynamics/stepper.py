@@ -670,7 +670,9 @@ class Stepper:
             ``smb`` on ``(time, y, x)``, ``topg``, and the diagnostics ``volume``, ``area``,
             ``smb_volume``, ``outflow_volume``, ``clipped_volume``, ``budget_residual``,
             ``max_speed``, ``dt``, ``n_steps`` on ``time``; with a ``check``, also
-            ``velocity_check_error``, ``velocity_check_max_speed_difference`` and
+            ``velocity_check_error``, ``velocity_check_max_speed_difference``, where the
+            difference lies (``velocity_check_error_interior``,
+            ``velocity_check_error_share_margin``, ``velocity_check_error_share_edge``) and
             ``velocity_check_wall_time`` (NaN at records without a check).
         """
         if not _finite(t):
