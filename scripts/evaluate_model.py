@@ -368,7 +368,8 @@ def _location_lines(accuracy, rows, extra_rows):
     """The card's table of where the error lies, if measured."""
     if not rows or "error_share" not in rows[0]:
         return []
-    bands = ("margin", "edge", "interior")
+    from glacier_emulator.verification.error_location import BANDS
+
     measured = accuracy.get("location_measured")
     lines = ["Where the ubar error lies (`glacier_emulator.verification.error_location`): ice nodes "
              "within 3 nodes of the domain edge (`edge`), other ice within 2 nodes of an ice-free node "
@@ -387,7 +388,7 @@ def _location_lines(accuracy, rows, extra_rows):
 
         def shares(key):
             return " / ".join(f"{np.median([r[key][band] for r in group if r[key][band] is not None]):.2f}"
-                              for band in bands)
+                              for band in BANDS)
 
         interior = f"{b['median']:.3f}" if b else "-"
         lines.append(f"| {name} | {len(group)} | {a['median']:.3f} | {interior} | "
