@@ -120,7 +120,10 @@ class VelocityCheck:
             return None
         years = np.asarray(dataset["year"].values, float)
         errors = np.asarray(dataset["velocity_check_error"].values, float)
-        checked = [(year, err) for year, err in zip(years, errors) if np.isfinite(err)]
+        interior = (np.asarray(dataset["velocity_check_error_interior"].values, float)
+                    if "velocity_check_error_interior" in dataset else np.full(errors.shape, np.nan))
+        checked = [(year, err, inner) for year, err, inner in zip(years, errors, interior) if np.isfinite(err)]
         if not checked:
             return None
-        return ", ".join(f"{err:.3f} (year {year:g})" for year, err in checked)
+        return ", ".join(f"{err:.3f} (year {year:g}" + (f", interior {inner:.3f})" if np.isfinite(inner) else ")")
+                         for year, err, inner in checked)
