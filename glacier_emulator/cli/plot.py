@@ -83,7 +83,12 @@ def plot_run(ds, path, *, dpi: int = 120, title: str | None = None) -> Path:
     if np.isfinite(check).any():  # run --check-every: the velocity's error against the solver
         checked = np.isfinite(check)
         twin = axes[2].twinx()
-        twin.plot(years[checked], 100.0 * check[checked], "s--", color="tab:red")
+        twin.plot(years[checked], 100.0 * check[checked], "s--", color="tab:red", label="all ice")
+        if "velocity_check_error_interior" in ds:  # away from ice-free ground and the domain edge
+            interior = np.asarray(ds["velocity_check_error_interior"].values, float)
+            twin.plot(years[checked], 100.0 * interior[checked], "^:", color="tab:orange",
+                      label="interior")
+            twin.legend(loc="upper right", fontsize="small")
         twin.set_ylabel("ubar error against the solver (%)", color="tab:red")
         twin.set_ylim(bottom=0.0)
         axes[2].set_title("ice volume, and the velocity check")
