@@ -1,7 +1,8 @@
 """The scripts that make the shipped models' numbers and files, on a tiny model and two solved
 glaciers: ``training/set_symmetrise.py``, ``training/set_spacing_range.py``,
 ``training/average_weights.py``, ``training/make_depth_averaged.py``, ``training/widen.py`` and
-``scripts/evaluate_model.py`` (the model card's held-out accuracy)."""
+``scripts/evaluate_model.py`` (the model card's held-out accuracy) and ``scripts/compare_models.py``
+(the decision rules' checks)."""
 from __future__ import annotations
 
 import json
@@ -403,3 +404,51 @@ def test_bench_refine_measures_error_and_time_per_iteration_budget(workdir):
     report = dict(date="today", machine={}, command="bench_refine.py", rows=[row])
     text = bench["markdown"](report)
     assert "| 300 | " in text and f"{errors[2]:.4f}" in text
+
+
+def test_compare_models_pairs_the_glaciers_of_two_models(workdir, monkeypatch):
+    """scripts/compare_models.py (the decision rules' checks): each glacier's error for both
+    models as a direct computation gives it, the paired counts and ratios, the example's static
+    error, and a model against itself: ratio 1, lower on none."""
+    source = Emulator.load(workdir / "tiny3d.keras")
+    other = Emulator.load(workdir / "tiny3d.keras")
+    rng = np.random.default_rng(1)
+    other.model.set_weights([w + rng.normal(0, 0.02, w.shape).astype(w.dtype) for w in other.model.get_weights()])
+    other.save(workdir / "compare-other.keras")
+    out = workdir / "compare.json"
+    script = ROOT / "scripts" / "compare_models.py"
+    run_script(script, [workdir / "compare-other.keras", workdir / "tiny3d.keras",
+                        "--set", f"caps={workdir / 'test'}", "--set", f"same={workdir / 'test' / 'sample_0000*.nc'}",
+                        "--example", "--json", out], monkeypatch)
+    report = json.loads(out.read_text())
+    caps = report["sets"]["caps"]
+    assert caps["files"] == ["sample_00000.nc", "sample_00001.nc"] and caps == report["sets"]["same"]
+    for key, em in (("candidate", other), ("reference", source)):
+        direct = []
+        for path in sorted((workdir / "test").glob("*.nc")):
+            geometry = read_geometry(path)
+            with xr.open_dataset(path) as ds:
+                ref = np.stack([ds["ubar"].values, ds["vbar"].values])
+            v = em.predict_geometry(geometry)
+            direct.append(relative_l2(np.stack([v.ubar, v.vbar]), ref, geometry.thickness > 0))
+        assert caps[key] == pytest.approx(direct, rel=1e-5)
+    assert caps["candidate"] != pytest.approx(caps["reference"], rel=1e-3)
+    assert caps["better"] == sum(c < r for c, r in zip(caps["candidate"], caps["reference"]))
+    assert caps["median_ratio"] == pytest.approx(np.median(caps["candidate"]) / np.median(caps["reference"]))
+    static = report["example_static"]
+    assert static["years"] == [2000.0, 2010.0, 2020.0, 2030.0, 2040.0, 2050.0]
+    assert len(static["candidate"]) == 6 and all(e > 0 for e in static["candidate"])
+    # a model against itself
+    run_script(script, [workdir / "tiny3d.keras", workdir / "tiny3d.keras",
+                        "--set", f"caps={workdir / 'test'}", "--json", out], monkeypatch)
+    itself = json.loads(out.read_text())["sets"]["caps"]
+    assert itself["median_ratio"] == 1.0 and itself["better"] == 0
+    # the forward-run check at its first state: the start is the solver-driven run's start
+    example_run = runpy.run_path(str(script))["example_run"]
+    start = example_run(source, 0.0)
+    assert start["thickness_rms_diff_m"] == 0.0 and start["volume_km3"] == pytest.approx(8.471, abs=5e-4)
+    # a missing file is named
+    monkeypatch.setattr(sys, "argv", [str(script), str(workdir / "tiny3d.keras"), str(workdir / "tiny3d.keras"),
+                                      "--set", f"none={workdir / 'nothing.nc'}"])
+    with pytest.raises(SystemExit, match="nothing.nc"):
+        runpy.run_path(str(script), run_name="__main__")
