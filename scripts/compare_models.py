@@ -58,17 +58,24 @@ def paired(candidate_errors, reference_errors) -> dict:
 
 
 def compare_set(candidate, reference, files) -> dict:
-    """Both models on the same labelled files (those either leaves out are left out of both)."""
+    """Both models on the same labelled files (those either leaves out are left out of both).
+    Files are told apart by their paths: sets of several folders repeat names."""
     evaluate = _evaluate_model()["evaluate"]
-    rows_c = {r["file"]: r for r in evaluate(candidate, files, ubar_only=True, repeats=1, warm_every_file=False)}
-    rows_r = {r["file"]: r for r in evaluate(reference, files, ubar_only=True, repeats=1, warm_every_file=False)}
-    names = [Path(f).name for f in files if Path(f).name in rows_c and Path(f).name in rows_r]
-    if not names:
+
+    def errors(model):
+        out = {}
+        for path in files:
+            rows = evaluate(model, [path], ubar_only=True, repeats=1)
+            if rows:
+                out[str(path)] = rows[0]["rel_l2_ubar"]
+        return out
+
+    c, r = errors(candidate), errors(reference)
+    kept = [str(f) for f in files if str(f) in c and str(f) in r]
+    if not kept:
         raise SystemExit("compare_models: no converged file within both models' grid-spacing ranges")
-    out = paired([rows_c[n]["rel_l2_ubar"] for n in names], [rows_r[n]["rel_l2_ubar"] for n in names])
-    out["files"] = names
-    out["candidate"] = [rows_c[n]["rel_l2_ubar"] for n in names]
-    out["reference"] = [rows_r[n]["rel_l2_ubar"] for n in names]
+    out = paired([c[f] for f in kept], [r[f] for f in kept])
+    out.update(files=kept, candidate=[c[f] for f in kept], reference=[r[f] for f in kept])
     return out
 
 

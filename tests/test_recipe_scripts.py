@@ -415,17 +415,25 @@ def test_compare_models_pairs_the_glaciers_of_two_models(workdir, monkeypatch):
     rng = np.random.default_rng(1)
     other.model.set_weights([w + rng.normal(0, 0.02, w.shape).astype(w.dtype) for w in other.model.get_weights()])
     other.save(workdir / "compare-other.keras")
+    # a second folder with the same file names holding other glaciers (the two swapped)
+    swapped = workdir / "compare-swapped"
+    swapped.mkdir()
+    for i in (0, 1):
+        (swapped / f"sample_0000{i}.nc").write_bytes((workdir / "test" / f"sample_0000{1 - i}.nc").read_bytes())
     out = workdir / "compare.json"
     script = ROOT / "scripts" / "compare_models.py"
     run_script(script, [workdir / "compare-other.keras", workdir / "tiny3d.keras",
-                        "--set", f"caps={workdir / 'test'}", "--set", f"same={workdir / 'test' / 'sample_0000*.nc'}",
+                        "--set", f"caps={workdir / 'test'} {swapped}",
+                        "--set", f"same={workdir / 'test' / 'sample_0000*.nc'} {swapped}",
                         "--example", "--json", out], monkeypatch)
     report = json.loads(out.read_text())
     caps = report["sets"]["caps"]
-    assert caps["files"] == ["sample_00000.nc", "sample_00001.nc"] and caps == report["sets"]["same"]
+    files = sorted((workdir / "test").glob("*.nc")) + sorted(swapped.glob("*.nc"))
+    assert caps["files"] == [str(f) for f in files] and caps == report["sets"]["same"] and caps["n"] == 4
+    assert caps["candidate"][:2] == pytest.approx(caps["candidate"][2:][::-1], rel=1e-6)
     for key, em in (("candidate", other), ("reference", source)):
         direct = []
-        for path in sorted((workdir / "test").glob("*.nc")):
+        for path in files:
             geometry = read_geometry(path)
             with xr.open_dataset(path) as ds:
                 ref = np.stack([ds["ubar"].values, ds["vbar"].values])
