@@ -129,3 +129,17 @@ def test_cli_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "bad.nc" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_main_formats_warnings_for_its_command_only(tmp_path, capsys):
+    """The CLI prints warnings as one line named after the command while it runs; called from
+    Python, it leaves the warning format as it found it (the caller's later warnings are theirs),
+    after a command that succeeded and after one that failed."""
+    import warnings
+
+    before = warnings.formatwarning
+    assert main(["models"]) == 0
+    assert warnings.formatwarning is before
+    assert main(["predict", str(tmp_path / "missing.nc"), "-o", str(tmp_path / "out.nc")]) == 2
+    assert "missing.nc" in capsys.readouterr().err
+    assert warnings.formatwarning is before and not (tmp_path / "out.nc").exists()

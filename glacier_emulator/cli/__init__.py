@@ -48,7 +48,9 @@ def main(argv=None) -> int:
         return 2
     import warnings
 
-    # warnings meant for people (e.g. ExtentWarning) as one line, like the errors
+    # warnings meant for people (e.g. ExtentWarning) as one line, like the errors; for this
+    # command only (main may be called from Python, whose later warnings keep their format)
+    formatwarning = warnings.formatwarning
     warnings.formatwarning = (lambda message, category, *rest, **kw:
                               f"glacier-emulator {args.command}: warning: {message}\n")
     try:
@@ -61,6 +63,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"glacier-emulator {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":  # pragma: no cover
