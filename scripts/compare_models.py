@@ -65,7 +65,7 @@ def compare_set(candidate, reference, files) -> dict:
     def errors(model):
         out = {}
         for path in files:
-            rows = evaluate(model, [path], ubar_only=True, repeats=1)
+            rows = evaluate(model, [path], ubar_only=True, repeats=0)  # one untimed prediction
             if rows:
                 out[str(path)] = rows[0]["rel_l2_ubar"]
         return out
@@ -123,9 +123,8 @@ def example_run(emulator, years: float, solver_run=SOLVER_RUN) -> dict:
         reference_year, h_ref = float(ds["year"].values[k]), ds["thk"].values[k]
     if abs(reference_year - end) > 1e-6:
         raise SystemExit(f"compare_models: the solver-driven run has no state at year {end:g}")
-    cell = stepper.geometry.dx * stepper.geometry.dy
     return dict(year=end, thickness_rms_diff_m=float(np.sqrt(np.mean((h - h_ref) ** 2))),
-                volume_km3=float(h.sum() * cell / 1e9))
+                volume_km3=stepper.volume / 1e9)
 
 
 def _evaluate_model():

@@ -41,7 +41,8 @@ def evaluate(emulator, files, *, ubar_only=False, outside=None, repeats=3, warm_
     are left out; their names are appended to the list ``outside`` when one is given. The
     inference time is the median of ``repeats`` calls after one warm-up call (which compiles);
     with ``warm_every_file=False`` the warm-up call is made only for the first file of each grid
-    size (what compiles: the network's call and the refining solver's energy)."""
+    size (what compiles: the network's call and the refining solver's energy). ``repeats=0``
+    measures no time: one prediction per file, no warm-up, ``inference_s`` None."""
     import tensorflow as tf
     import xarray as xr
 
@@ -66,11 +67,11 @@ def evaluate(emulator, files, *, ubar_only=False, outside=None, repeats=3, warm_
             if outside is not None:
                 outside.append(Path(path).name)
             continue
-        if warm_every_file or geometry.shape not in warmed:
+        if repeats and (warm_every_file or geometry.shape not in warmed):
             emulator.predict_geometry(geometry)  # warm-up for this grid size
             warmed.add(geometry.shape)
         times = []
-        for _ in range(repeats):
+        for _ in range(max(repeats, 1)):
             t0 = time.perf_counter()
             vel = emulator.predict_geometry(geometry)
             times.append(time.perf_counter() - t0)
@@ -79,7 +80,8 @@ def evaluate(emulator, files, *, ubar_only=False, outside=None, repeats=3, warm_
         est = np.stack([vel.ubar[ice], vel.vbar[ice]])
         row = dict(file=Path(path).name, kind=kind, dx=geometry.dx, grid=list(geometry.shape),
                    rel_l2_ubar=relative_l2(est, ref),
-                   max_speed=float(np.max(np.hypot(ubar, vbar))), inference_s=statistics.median(times))
+                   max_speed=float(np.max(np.hypot(ubar, vbar))),
+                   inference_s=statistics.median(times) if repeats else None)
         row.update(location_fields(vel, ubar, vbar, geometry.thickness))
         if ubar_only:
             rows.append(row)
