@@ -49,10 +49,13 @@ class SolverConfig:
         diagonal_probes: random probes of the energy's Hessian with which to estimate its
             diagonal at the starting guess (:func:`hessian_diagonal`), used as L-BFGS's initial
             inverse Hessian (a diagonal preconditioner); 0 turns it off. Not used from rest (the
-            curvature of ice at rest says nothing about the flow). Measured on 16 labelled
-            glaciers refined from the network's prediction (``training/runs/notes.md``, 21st
-            session): after 30 iterations, relative error 0.0023-0.020 with it against
-            0.006-0.19 without on those with varying sliding and on states of forward runs.
+            curvature of ice at rest says nothing about the flow). Measured on 64 x 64
+            validation glaciers (``training/runs/notes.md``, twenty-first session): 30
+            single-precision iterations from the network's prediction left 0.004-0.030 of
+            ubar's relative error where 0.010-0.19 were left without it (12 glaciers with
+            varying sliding or states of forward runs; about the same on 4 of the default
+            physics), and full solves to the default tolerance took 1.8-3.9x less time and
+            ended nearer a tightly converged solve.
     """
 
     tolerance: float = 1e-9
