@@ -174,13 +174,51 @@ def to_unknowns(u, v, g, k: Constants):
     return jnp.stack([one(u), one(v)])
 
 
+def hessian_diagonal(value_and_grad, x, g, *, probes: int = 2, smooth: int = 3, seed: int = 0):
+    """The reference solver's :func:`~glacier_emulator.numerics.solver.hessian_diagonal` for one
+    problem: Hutchinson's estimate mean(v * H v) over ``probes`` sign vectors (H v exact, by
+    forward-over-reverse differentiation), its magnitude averaged over ``smooth`` x ``smooth``
+    neighbouring columns of free unknowns (edge values repeated, as SciPy's ``nearest``)."""
+    free = jnp.broadcast_to(g["free"], x.shape).astype(x.dtype)
+    grad = lambda z: value_and_grad(z, g)[1]  # noqa: E731
+    keys = jax.random.split(jax.random.PRNGKey(seed), probes)
+
+    def one(key):
+        v = jax.random.rademacher(key, x.shape, dtype=x.dtype) * free
+        return v * jax.jvp(grad, (x,), (v,))[1]
+
+    total = jnp.abs(sum(one(key) for key in keys) / probes) * free
+    r = smooth // 2
+
+    def box(a):
+        pad = [(0, 0)] * (a.ndim - 2) + [(r, r), (r, r)]
+        a = jnp.pad(a, pad, mode="edge")
+        ny, nx = a.shape[-2] - 2 * r, a.shape[-1] - 2 * r
+        return sum(a[..., i:i + ny, j:j + nx] for i in range(smooth) for j in range(smooth))
+
+    return jnp.where(free > 0, box(total) / jnp.maximum(box(free), 1e-12), 0.0)
+
+
+def diagonal_preconditioner(diagonal, free, *, floor: float = 1e-3):
+    """The reference solver's :func:`~glacier_emulator.numerics.solver.diagonal_preconditioner`:
+    the inverse diagonal relative to its median over free unknowns, capped at 1 / floor."""
+    on = free > 0
+    d = jnp.abs(diagonal)
+    ref = jnp.nanmedian(jnp.where(on, d, jnp.nan))
+    ok = jnp.isfinite(ref) & (ref > 0)
+    inv = ref / jnp.maximum(d, floor * ref)
+    return jnp.where(on & ok, inv, 1.0)
+
+
 def lbfgs(value_and_grad, x0, g, *, iterations: int, history: int = 10, ftol: float = 1e-9,
-          gtol: float = 1e-6):
+          gtol: float = 1e-6, probes: int = 0):
     """L-BFGS with backtracking Armijo line search, as the reference solver's :func:`lbfgs`.
 
     Runs at most ``iterations`` iterations and stops early on the same rules (relative energy
     decrease <= ``ftol`` or max|g| <= ``gtol``). Written for one problem; :func:`jax.vmap` it
-    over a batch (finished problems then stay frozen while the others go on).
+    over a batch (finished problems then stay frozen while the others go on). ``probes`` > 0:
+    preconditioned by the Hessian diagonal estimated at ``x0`` (:func:`hessian_diagonal`), as
+    the reference solver does from a starting guess (``SolverConfig.diagonal_probes``).
     Returns ``(x, f, max|grad|, iterations, converged)``.
     """
     n = x0.size
@@ -189,6 +227,16 @@ def lbfgs(value_and_grad, x0, g, *, iterations: int, history: int = 10, ftol: fl
     f0, g0 = fun(x0.ravel())
     g0 = g0.ravel()
     dt = x0.dtype
+    if probes:
+        free = jnp.broadcast_to(g["free"], shape)
+        diag = diagonal_preconditioner(hessian_diagonal(value_and_grad, x0, g, probes=probes), free).ravel()
+    else:
+        diag = jnp.ones((n,), dt)
+
+    def steepest(grad):
+        d = -diag * grad
+        return d / jnp.maximum(1.0, jnp.sqrt(-jnp.dot(grad, d)))
+
     state = dict(x=x0.ravel(), f=f0, g=g0, S=jnp.zeros((history, n), dt), Y=jnp.zeros((history, n), dt),
                  rho=jnp.zeros((history,), dt), count=jnp.asarray(0), k=jnp.asarray(0),
                  done=jnp.max(jnp.abs(g0)) <= gtol, converged=jnp.max(jnp.abs(g0)) <= gtol)
@@ -206,10 +254,9 @@ def lbfgs(value_and_grad, x0, g, *, iterations: int, history: int = 10, ftol: fl
 
         q, alphas = jax.lax.fori_loop(0, history, first, (q, jnp.zeros((history,), dt)))
         newest = idx[0]
-        yy = jnp.dot(s["Y"][newest], s["Y"][newest])
-        gamma = jnp.where(s["count"] > 0, 1.0 / jnp.maximum(s["rho"][newest] * yy, 1e-300),
-                          1.0 / jnp.maximum(1.0, jnp.linalg.norm(s["g"])))
-        q = q * gamma
+        yy = jnp.dot(s["Y"][newest], diag * s["Y"][newest])
+        q = jnp.where(s["count"] > 0, diag * q / jnp.maximum(s["rho"][newest] * yy, 1e-300),
+                      steepest(s["g"]))
 
         def second(i, q):
             r = history - 1 - i  # oldest first
@@ -223,7 +270,7 @@ def lbfgs(value_and_grad, x0, g, *, iterations: int, history: int = 10, ftol: fl
         d = direction(s)
         gd = jnp.dot(s["g"], d)
         bad = ~(gd < 0)
-        d = jnp.where(bad, -s["g"] / jnp.maximum(1.0, jnp.linalg.norm(s["g"])), d)
+        d = jnp.where(bad, steepest(s["g"]), d)
         gd = jnp.dot(s["g"], d)
         count = jnp.where(bad, 0, s["count"])
 
@@ -267,12 +314,13 @@ def lbfgs(value_and_grad, x0, g, *, iterations: int, history: int = 10, ftol: fl
 
 
 def batch_solver(k: Constants, *, iterations: int, history: int = 10, ftol: float = 1e-9,
-                 gtol: float = 1e-6):
+                 gtol: float = 1e-6, probes: int = 0):
     """A compiled ``solve(x0, g)`` over a batch of glaciers (leading axis of every array)."""
     vg = make_problem(k)
 
     def one(x0, g):
-        return lbfgs(vg, x0, g, iterations=iterations, history=history, ftol=ftol, gtol=gtol)
+        return lbfgs(vg, x0, g, iterations=iterations, history=history, ftol=ftol, gtol=gtol,
+                     probes=probes)
 
     return jax.jit(jax.vmap(one))
 
@@ -304,12 +352,13 @@ def glacier_arrays(geometries, physics, vertical) -> dict:
 
 def solve_geometries(geometries, physics, vertical, *, iterations=(3000, 3000), history: int = 10,
                      ftol: float = 1e-9, gtol: float = 1e-6, coarse_ftol: float = 1e-7,
-                     solvers: dict | None = None):
+                     solvers: dict | None = None, probes: int = 2):
     """Solve a batch of glaciers of one grid shape on the default JAX device.
 
     Two levels like the reference solver's multilevel start: a solve on every other node (spacing
     doubled, relative tolerance ``coarse_ftol``), bilinearly prolonged, then the full grid.
-    ``iterations``: the L-BFGS limits of the two levels. ``solvers`` caches compiled solvers
+    ``iterations``: the L-BFGS limits of the two levels. ``probes``: the fine level's diagonal
+    preconditioner (:func:`hessian_diagonal`; 0 for none). ``solvers`` caches compiled solvers
     between calls. Returns ``(u, v, report)`` with ``u``, ``v`` of shape ``(B, Nz, ny, nx)``.
     """
     from glacier_emulator.numerics.solver import coarsen, prolong
@@ -336,9 +385,12 @@ def solve_geometries(geometries, physics, vertical, *, iterations=(3000, 3000), 
         x0 = jax.vmap(lambda u, v, gg: to_unknowns(u, v, gg, k))(jnp.asarray(u0), jnp.asarray(v0), g)
     else:
         x0 = jnp.zeros((len(geometries), 2, nz) + shape)
-    key = ("fine", iterations[1])
+    # preconditioned from the coarse start, as the reference solver (not from rest)
+    probes = probes if "coarse_iterations" in report else 0
+    key = ("fine", iterations[1], probes)
     if key not in solvers:
-        solvers[key] = batch_solver(k, iterations=iterations[1], history=history, ftol=ftol, gtol=gtol)
+        solvers[key] = batch_solver(k, iterations=iterations[1], history=history, ftol=ftol, gtol=gtol,
+                                    probes=probes)
     x, f, gmax, its, conv = solvers[key](x0, g)
     u, v = jax.vmap(lambda x_, g_: to_levels(x_, g_, k))(x, g)
     report.update(iterations=np.asarray(its), converged=np.asarray(conv), gradient=np.asarray(gmax),
