@@ -351,6 +351,21 @@ def test_median_interval_brackets_the_median_and_narrows_with_more_glaciers():
     assert all(np.isnan(interval([0.1])))
 
 
+def test_bench_solver_compares_the_preconditioner_settings_side_by_side(tmp_path, monkeypatch):
+    """scripts/bench_solver.py solves each grid with every --diagonal-probes setting in one run:
+    a row each, the later ones with their wall-time ratio to the first and how far their
+    solution is from it (both converged, so within the tolerance's reach)."""
+    run_script(ROOT / "scripts" / "bench_solver.py",
+               ["--sizes", 48, "--repeats", 1, "--diagonal-probes", 2, 0, "--out", tmp_path], monkeypatch)
+    rows = json.loads((tmp_path / "solver.json").read_text())["rows"]
+    assert [(r["grid"], r["diagonal_probes"]) for r in rows] == [("48x48", 2), ("48x48", 0)]
+    assert all(r["converged"] and r["coarse_levels"] for r in rows)  # from the multilevel start
+    assert rows[0]["wall_vs_first"] is None and rows[1]["wall_vs_first"] > 0
+    assert 0 < rows[1]["difference_from_first"] < 2e-3
+    table = (tmp_path / "solver.md").read_text()
+    assert "| 48x48 | 208.3 |" in table and "| probes |" in table
+
+
 def test_bench_extent_resamples_the_example_glacier():
     """scripts/bench_extent.py's grids: the same glacier over fewer or more cells (nodes shared
     with the 100 m grid keep their values)."""
