@@ -816,28 +816,40 @@ class Emulator:
         """``velocity`` moved towards the Blatter-Pattyn solution of ``geometry`` by at most
         ``iterations`` L-BFGS iterations of the reference solver
         (:func:`~glacier_emulator.numerics.solver.solve`, started from it, with this model's
-        physics and levels; it stops earlier if it converges).
+        physics and levels; it stops earlier if it converges): :meth:`refine_solve`'s velocity.
 
         A 3-D prediction is the starting guess as it is; a depth-averaged one gets the
         shallow-ice vertical profile (:func:`~glacier_emulator.physics.sia.sia_shaped_levels`).
         The iterations run in single precision. The first call for a grid size compiles the
         solver's energy (a few seconds); later calls on that grid size (a forward run, a dataset)
-        reuse it. Returns the 3-D velocity on this model's levels.
+        reuse it. Returns the 3-D velocity on this model's levels (``velocity`` for 0 iterations).
+        """
+        if not _refine_iterations(iterations):
+            return velocity
+        return self.refine_solve(geometry, velocity, iterations).velocity
+
+    def refine_solve(self, geometry: Geometry, velocity: Velocity, iterations: int, *, memory=None):
+        """:meth:`refine_velocity` with the solver's whole
+        :class:`~glacier_emulator.numerics.solver.SolveResult` (iterations, energy, ``memory``).
+
+        ``memory``: the ``memory`` of an earlier result on the same grid, e.g. the previous time
+        step of a forward run (:class:`~glacier_emulator.dynamics.providers.EmulatorProvider`
+        passes it): the iterations start with its L-BFGS curvature pairs (see
+        :func:`~glacier_emulator.numerics.solver.solve`). ``iterations`` must be >= 1.
         """
         from .numerics.solver import SolverConfig, solve
         from .physics.sia import sia_shaped_levels
 
         iterations = _refine_iterations(iterations)
         if not iterations:
-            return velocity
+            raise ValueError("refine_solve needs at least one iteration. Received: iterations=0")
         if velocity.u is None:
             velocity = sia_shaped_levels(geometry, velocity.ubar, velocity.vbar,
                                          zeta=self.vertical.zeta, physics=self.physics)
         # single precision: as accurate as double for such budgets (the example glacier: the
         # same error to 4 digits after 10 and 30 iterations) and about 30 % faster
-        result = solve(geometry, physics=self.physics, vertical=self.vertical, initial=velocity,
-                       config=SolverConfig(max_iterations=iterations, dtype="float32"))
-        return result.velocity
+        return solve(geometry, physics=self.physics, vertical=self.vertical, initial=velocity,
+                     config=SolverConfig(max_iterations=iterations, dtype="float32"), memory=memory)
 
     def coarsening_levels(self, geometry: Geometry, coarsen="auto") -> int:
         """How many times :meth:`predict_geometry` halves the grid for ``coarsen``: 0 for None,

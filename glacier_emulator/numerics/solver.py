@@ -473,6 +473,8 @@ def solve(
         pairs = memory[1]
     diagonal = None
     if config.diagonal_probes and np.any(x0):
+        # estimated anew at every start, also with memory: in the example's forward run with
+        # `refine` a diagonal carried over from the previous step was worse (notes, 21st session)
         free = np.stack([mask_np, mask_np])
         # a step of 1e-6 of the scaled unknowns (O(1)); single precision needs a longer one
         step = 1e-6 if config.dtype == "float64" else 1e-4
