@@ -161,7 +161,7 @@ class EmulatorProvider:
     L-BFGS curvature pairs of the previous time step) when ``reuse_memory``, as
     :class:`SolverProvider` does. Measured on the bundled example's 50-year run with `--refine
     10` (`scripts/results/forward_refine10_memory.md`): thickness 0.06 m RMS from the
-    solver-driven run in 2050 with the memory, 0.29 m without, for about 20 % more time.
+    solver-driven run in 2050 with the memory, 0.29 m without, for about 30 % more time.
 
     Args:
         emulator: the model object.
