@@ -69,13 +69,17 @@ class VelocityCheck:
 
     Args:
         reference: the provider to compare with, normally a
-            :class:`~glacier_emulator.dynamics.providers.SolverProvider` (which warm-starts each
-            check from the previous one).
+            :class:`~glacier_emulator.dynamics.providers.SolverProvider`.
         every: years between checks, counted from the run's start; a check happens at an output
             record whose time is a multiple of it (so make it a multiple of the output interval).
+        from_rest: before each check, ``reset()`` the reference (where it has that method), so
+            that every check is a solve from rest, independent of the previous one. Checks lie
+            years apart: a warm start from the previous check's state was slower than a start
+            from rest (the example's 50-year run, 2010-2050: 23-86 s per solve against 12 s;
+            ``training/runs/notes.md``, twenty-first session).
     """
 
-    def __init__(self, reference, every: float):
+    def __init__(self, reference, every: float, from_rest: bool = True):
         if not callable(getattr(reference, "velocity", None)):
             raise ValueError("reference must have a velocity(geometry) method. "
                              f"Received: {type(reference).__name__}")
@@ -83,6 +87,7 @@ class VelocityCheck:
             raise ValueError(f"every must be > 0 years. Received: every={every!r}")
         self.reference = reference
         self.every = float(every)
+        self.from_rest = bool(from_rest)
         self.name = str(getattr(reference, "name", type(reference).__name__))
 
     def due(self, t: float, start_time: float) -> bool:
@@ -92,6 +97,9 @@ class VelocityCheck:
 
     def measure(self, geometry: Geometry, velocity: Velocity) -> dict:
         """The check diagnostics (:data:`CHECK_DIAGNOSTICS`) of ``velocity`` on ``geometry``."""
+        reset = getattr(self.reference, "reset", None)
+        if self.from_rest and callable(reset):
+            reset()
         start = time.perf_counter()
         reference = self.reference.velocity(geometry)
         wall = time.perf_counter() - start

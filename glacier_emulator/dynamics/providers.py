@@ -133,6 +133,11 @@ class SolverProvider:
         self.config = config
         self.last_result = None
 
+    def reset(self) -> None:
+        """Forget the previous result: the next solve starts from rest (the multilevel start).
+        :class:`~glacier_emulator.dynamics.check.VelocityCheck` does this before each check."""
+        self.last_result = None
+
     def velocity(self, geometry: Geometry) -> Velocity:
         from ..numerics.solver import SolverConfig, solve
 
@@ -180,6 +185,10 @@ class EmulatorProvider:
         self.emulator = emulator
         self._predict = method
         self.reuse_memory = reuse_memory
+        self.last_result = None
+
+    def reset(self) -> None:
+        """Forget the solver memory of the previous refinement."""
         self.last_result = None
 
     def velocity(self, geometry: Geometry) -> Velocity:
