@@ -49,6 +49,28 @@ def test_solve_physics_flags_change_the_answer(glacier_file, tmp_path):
         assert float(np.abs(b["ubar"]).max()) > 1.5 * float(np.abs(a["ubar"]).max())
 
 
+def test_solve_diagonal_probes_flag(tmp_path, capsys):
+    """--diagonal-probes 0 solves without the preconditioner (recorded in the output), the
+    default with it from the multilevel start of a 48 x 48 grid; the same velocity within the
+    tolerance's reach; a negative count is one line and exit code 2, no output file."""
+    path = write_geometry(small_glacier(n=48, dx=100.0), tmp_path / "g48.nc")
+    runs = {}
+    for probes in ("2", "0"):
+        out = tmp_path / f"p{probes}.nc"
+        assert main(["solve", str(path), "-o", str(out), "--layers", "4", "--diagonal-probes", probes]) == 0
+        with xr.open_dataset(out) as ds:
+            assert ds.attrs["solver_diagonal_probes"] == int(probes) and ds.attrs["solver_converged"] == 1
+            assert ds.attrs["solver_preconditioned"] == (probes != "0")
+            runs[probes] = np.hypot(ds["ubar"].values, ds["vbar"].values)
+    assert np.abs(runs["2"] - runs["0"]).max() < 1e-2 * runs["0"].max()
+    capsys.readouterr()
+    bad = tmp_path / "bad.nc"
+    assert main(["solve", str(path), "-o", str(bad), "--diagonal-probes", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "diagonal_probes" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not bad.exists()
+
+
 def _bad_file(tmp_path, kind):
     g = small_glacier()
     path = tmp_path / f"{kind}.nc"

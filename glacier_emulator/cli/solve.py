@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--gradient-tolerance", type=float, metavar="G",
                    help="largest scaled gradient component at which to stop (default 1e-6)")
     p.add_argument("--max-iterations", type=int, metavar="K", help="iteration limit (default 5000)")
+    p.add_argument("--diagonal-probes", type=int, metavar="P",
+                   help="probes of the Hessian diagonal that precondition L-BFGS from the "
+                   "multilevel start (default 2; 0 turns the preconditioner off)")
     p.add_argument("--float32", action="store_true", help="solve in single precision")
     p.add_argument("--config", metavar="YAML", help="YAML with physics:, vertical:, solver: sections")
     add_physics_arguments(p)
@@ -30,7 +33,7 @@ def solver_config_from_args(args, config: dict):
     from ..numerics.solver import SolverConfig
 
     values = dict(config.get("solver") or {})
-    for key in ("tolerance", "gradient_tolerance", "max_iterations"):
+    for key in ("tolerance", "gradient_tolerance", "max_iterations", "diagonal_probes"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     if getattr(args, "float32", False):
@@ -54,6 +57,8 @@ def run(args) -> int:
         "solver_tolerance": result.tolerance,
         "solver_energy": result.energy,
         "solver_gradient_norm": result.gradient_norm,
+        "solver_diagonal_probes": solver_config.diagonal_probes,
+        "solver_preconditioned": int(bool(result.report.get("preconditioned"))),
         "physics": repr(physics.to_dict()),
         "vertical_levels": vertical.levels,
         "vertical_spacing": vertical.spacing,
