@@ -220,7 +220,8 @@ def resolve_provider(config, physics, args, *, note):
         emulator = resolve_model(args.model, args.symmetrise, args.coarsen, args.refine)
         if emulator.refine:
             note(f"velocity: the emulator {emulator.name}{_accuracy_note(emulator)}, refined by at "
-                 f"most {emulator.refine} reference-solver iterations at each velocity evaluation")
+                 f"most {emulator.refine} reference-solver iterations at each velocity evaluation "
+                 "(each starting from the L-BFGS memory of the previous one)")
         if not emulator.metadata.forward_runs:
             note(f"warning: the emulator {emulator.name} is marked not for forward runs (it failed "
                  "the forward test of its model card: the ice may pile up until the run stops); "
