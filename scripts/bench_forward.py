@@ -15,7 +15,11 @@ their output for the same numbers.
     python scripts/bench_forward.py [--providers emulator solver sia] [--model PATH] [--repeats 1]
 
 A provider ``emulator+refineN`` is the emulator refined by at most N solver iterations at every
-velocity evaluation (``Emulator.with_refine``, ``run --refine N``).
+velocity evaluation (``Emulator.with_refine``, ``run --refine N``), each refinement starting from
+the network's prediction plus the previous step's correction, with the previous step's L-BFGS
+memory (``EmulatorProvider``'s defaults); ``emulator+refineN+nocarry`` starts each refinement
+from the network's prediction alone (memory kept), ``emulator+refineN+neither`` also without the
+memory: side by side, what each carries over is measured in one run.
 
 Results: scripts/results/forward.json and forward.md (machine and date included).
 """
@@ -65,6 +69,9 @@ def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
     geometry = load_example_geometry()
     emulator = None
     name, _, refine = name.partition("+refine")
+    refine, _, carry = refine.partition("+")
+    if carry not in ("", "nocarry", "neither"):
+        raise SystemExit(f"unknown provider option +{carry} (valid: +nocarry, +neither)")
     if name == "emulator" and (model or refine):
         from glacier_emulator.emulator import Emulator
 
@@ -77,6 +84,9 @@ def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
 
         solver_config = SolverConfig(max_iterations=solver_iterations)
     provider = make_provider(name, Physics(), emulator=emulator, solver_config=solver_config)
+    if carry:
+        provider.carry_correction = False
+        provider.reuse_memory = carry != "neither"
     if name == "solver":
         # the warm-up is a full solve from rest: the run starts from the converged velocity
         provider.config = SolverConfig()
@@ -85,6 +95,8 @@ def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
         provider = CountingSolver(provider)
     else:
         provider.velocity(geometry)  # warm-up: compilation is not part of the run
+        if callable(getattr(provider, "reset", None)):
+            provider.reset()  # ... and the run's first step starts as `run`'s does
     stepper = Stepper.from_config(geometry, provider, config)
     t0 = time.perf_counter()
     ds = stepper.run_until_and_store(config.start_time + years, every=config.save_every)

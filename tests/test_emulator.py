@@ -617,16 +617,21 @@ def test_refine_converges_to_the_reference_solve(fixture, request):
     assert refined.predict_geometry(g).u is not None  # the solver's levels
 
 
-def test_emulator_provider_refines_with_the_memory_of_the_previous_step(tiny_levels):
+def test_emulator_provider_refines_with_the_memory_and_correction_of_the_previous_step(tiny_levels):
     """In a forward run an emulator with ``refine`` > 0 is refined by EmulatorProvider with the
-    L-BFGS memory of the previous time step (as SolverProvider does): the first step is the
-    emulator's own ``predict_geometry``, and over the following slowly changing glaciers the
-    velocity is closer to the converged solve than with the same iterations and no memory."""
+    L-BFGS memory of the previous time step (as SolverProvider does) and from the network's
+    prediction plus the previous step's correction: the first step is the emulator's own
+    ``predict_geometry``, and over the following slowly changing glaciers the velocity is closer
+    to the converged solve with the memory than without, and closer still with the correction
+    carried too; ``reset`` forgets both."""
     from glacier_emulator.dynamics.providers import EmulatorProvider
     from glacier_emulator.numerics.solver import SolverConfig, solve
 
     refined = tiny_levels.with_refine(10)
-    keep, forget = EmulatorProvider(refined), EmulatorProvider(refined, reuse_memory=False)
+    both = EmulatorProvider(refined)
+    memory = EmulatorProvider(refined, carry_correction=False)
+    neither = EmulatorProvider(refined, reuse_memory=False, carry_correction=False)
+    providers = (both, memory, neither)
     base = glacier(n=21, ny=15)
     ice = base.thickness > 0
     gaps = []
@@ -634,15 +639,23 @@ def test_emulator_provider_refines_with_the_memory_of_the_previous_step(tiny_lev
         g = Geometry(thickness=base.thickness * (1 + 0.003 * k), bed=base.bed, dx=base.dx)
         ref = solve(g, physics=refined.physics, vertical=refined.vertical,
                     config=SolverConfig(tolerance=1e-10)).velocity
-        a, b = keep.velocity(g), forget.velocity(g)
+        out = [p.velocity(g) for p in providers]
         if k == 0:
-            np.testing.assert_allclose(a.ubar, refined.predict_geometry(g).ubar, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(out[0].ubar, refined.predict_geometry(g).ubar, rtol=1e-6, atol=1e-6)
         gaps.append([relative_l2(np.stack([v.ubar, v.vbar]), np.stack([ref.ubar, ref.vbar]), ice)
-                     for v in (a, b)])
+                     for v in out])
     gaps = np.array(gaps)
-    assert gaps[0, 0] == pytest.approx(gaps[0, 1], rel=1e-6)
-    assert np.all(gaps[1:, 0] < gaps[1:, 1])
-    assert keep.last_result.memory is not None and keep.last_result.iterations <= 10
+    np.testing.assert_allclose(gaps[0], gaps[0, 0], rtol=1e-6)
+    assert np.all(gaps[1:, 1] < gaps[1:, 2])  # the memory helps
+    assert np.all(gaps[1:, 0] < 0.7 * gaps[1:, 1])  # the carried correction helps more
+    assert both.last_result.memory is not None and both.last_result.iterations <= 10
+    du, dv = both.correction
+    assert du.shape == (refined.vertical.levels,) + base.shape
+    assert np.all(du[:, ~ice] == 0) and np.all(dv[:, ~ice] == 0)
+    both.reset()
+    assert both.correction is None and both.last_result is None
+    np.testing.assert_allclose(both.velocity(base).ubar, refined.predict_geometry(base).ubar,
+                               rtol=1e-6, atol=1e-6)
     # without refine the provider is the network's prediction, as before
     plain = EmulatorProvider(tiny_levels)
     np.testing.assert_array_equal(plain.velocity(base).ubar, tiny_levels.predict_geometry(base).ubar)

@@ -221,7 +221,8 @@ def resolve_provider(config, physics, args, *, note):
         if emulator.refine:
             note(f"velocity: the emulator {emulator.name}{_accuracy_note(emulator)}, refined by at "
                  f"most {emulator.refine} reference-solver iterations at each velocity evaluation "
-                 "(each starting from the L-BFGS memory of the previous one)")
+                 "(each starting from the network's prediction plus the previous step's "
+                 "correction, with the previous step's L-BFGS memory)")
         if not emulator.metadata.forward_runs:
             note(f"warning: the emulator {emulator.name} is marked not for forward runs (it failed "
                  "the forward test of its model card: the ice may pile up until the run stops); "
