@@ -221,4 +221,7 @@ def test_run_with_refine_names_the_default_model_and_records_the_iterations(tmp_
     with xr.open_dataset(out) as ds:
         assert ds.attrs["emulator"] == default.name and ds.attrs["emulator_version"] == default.metadata.version
         assert int(ds.attrs["emulator_refine_iterations"]) == 3
+        # each refinement starts from the network plus the carried correction, with the memory
+        assert int(ds.attrs["emulator_refine_memory"]) == 1
+        assert int(ds.attrs["emulator_refine_carry_correction"]) == 1
         assert np.isfinite(ds["thk"].values).all()

@@ -235,7 +235,8 @@ class EmulatorProvider:
 
     def describe(self) -> dict:
         """What a run's output records of the emulator (an :class:`Emulator`'s name, version,
-        symmetry averaging, coarsening and solver refinement; nothing for other objects)."""
+        symmetry averaging, coarsening and solver refinement with how each refinement starts;
+        nothing for other objects)."""
         meta = getattr(self.emulator, "metadata", None)
         if meta is None:
             return {}
@@ -247,6 +248,9 @@ class EmulatorProvider:
             "emulator_symmetrise": str(getattr(model, "symmetrise", "none")),
             "emulator_coarsen": "none" if coarsen is None else str(coarsen),
             "emulator_refine_iterations": int(getattr(self.emulator, "refine", 0)),
+            # how each refinement of a run starts (see the class docstring)
+            "emulator_refine_memory": int(bool(self.reuse_memory)),
+            "emulator_refine_carry_correction": int(bool(self.carry_correction)),
         }
 
 
