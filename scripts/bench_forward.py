@@ -15,11 +15,11 @@ their output for the same numbers.
     python scripts/bench_forward.py [--providers emulator solver sia] [--model PATH] [--repeats 1]
 
 A provider ``emulator+refineN`` is the emulator refined by at most N solver iterations at every
-velocity evaluation (``Emulator.with_refine``, ``run --refine N``), each refinement starting from
-the network's prediction plus the previous step's correction, with the previous step's L-BFGS
-memory (``EmulatorProvider``'s defaults); ``emulator+refineN+nocarry`` starts each refinement
-from the network's prediction alone (memory kept), ``emulator+refineN+neither`` also without the
-memory: side by side, what each carries over is measured in one run.
+velocity evaluation (``Emulator.with_refine``, ``run --refine N``), each refinement with the
+previous step's L-BFGS memory (``EmulatorProvider``'s default); ``emulator+refineN+carry`` also
+starts each refinement from the network's prediction plus the previous step's correction (``run
+--refine N --carry-correction``), ``emulator+refineN+neither`` has neither: side by side, what
+each carries over is measured in one run.
 
 Results: scripts/results/forward.json and forward.md (machine and date included).
 """
@@ -70,8 +70,8 @@ def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
     emulator = None
     name, _, refine = name.partition("+refine")
     refine, _, carry = refine.partition("+")
-    if carry not in ("", "nocarry", "neither"):
-        raise SystemExit(f"unknown provider option +{carry} (valid: +nocarry, +neither)")
+    if carry not in ("", "carry", "neither"):
+        raise SystemExit(f"unknown provider option +{carry} (valid: +carry, +neither)")
     if name == "emulator" and (model or refine):
         from glacier_emulator.emulator import Emulator
 
@@ -85,7 +85,7 @@ def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
         solver_config = SolverConfig(max_iterations=solver_iterations)
     provider = make_provider(name, Physics(), emulator=emulator, solver_config=solver_config)
     if carry:
-        provider.carry_correction = False
+        provider.carry_correction = carry == "carry"
         provider.reuse_memory = carry != "neither"
     if name == "solver":
         # the warm-up is a full solve from rest: the run starts from the converged velocity

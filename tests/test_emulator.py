@@ -619,17 +619,17 @@ def test_refine_converges_to_the_reference_solve(fixture, request):
 
 def test_emulator_provider_refines_with_the_memory_and_correction_of_the_previous_step(tiny_levels):
     """In a forward run an emulator with ``refine`` > 0 is refined by EmulatorProvider with the
-    L-BFGS memory of the previous time step (as SolverProvider does) and from the network's
-    prediction plus the previous step's correction: the first step is the emulator's own
-    ``predict_geometry``, and over the following slowly changing glaciers the velocity is closer
-    to the converged solve with the memory than without, and closer still with the correction
-    carried too; ``reset`` forgets both."""
+    L-BFGS memory of the previous time step (as SolverProvider does) and, with
+    ``carry_correction``, from the network's prediction plus the previous step's correction: the
+    first step is the emulator's own ``predict_geometry``, and over the following slowly changing
+    glaciers the velocity is closer to the converged solve with the memory than without, and
+    closer still with the correction carried too; ``reset`` forgets both."""
     from glacier_emulator.dynamics.providers import EmulatorProvider
     from glacier_emulator.numerics.solver import SolverConfig, solve
 
     refined = tiny_levels.with_refine(10)
-    both = EmulatorProvider(refined)
-    memory = EmulatorProvider(refined, carry_correction=False)
+    both = EmulatorProvider(refined, carry_correction=True)
+    memory = EmulatorProvider(refined)  # the default: the memory, no correction
     neither = EmulatorProvider(refined, reuse_memory=False, carry_correction=False)
     providers = (both, memory, neither)
     base = glacier(n=21, ny=15)

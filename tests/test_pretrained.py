@@ -221,7 +221,19 @@ def test_run_with_refine_names_the_default_model_and_records_the_iterations(tmp_
     with xr.open_dataset(out) as ds:
         assert ds.attrs["emulator"] == default.name and ds.attrs["emulator_version"] == default.metadata.version
         assert int(ds.attrs["emulator_refine_iterations"]) == 3
-        # each refinement starts from the network plus the carried correction, with the memory
+        # each refinement starts from the network, with the previous step's memory
         assert int(ds.attrs["emulator_refine_memory"]) == 1
-        assert int(ds.attrs["emulator_refine_carry_correction"]) == 1
+        assert int(ds.attrs["emulator_refine_carry_correction"]) == 0
         assert np.isfinite(ds["thk"].values).all()
+        plain = ds["thk"].values[-1]
+    carried = tmp_path / "carried.nc"
+    assert main(["run", "-o", str(carried), "--years", "1", "--refine", "3", "--carry-correction"]) == 0
+    assert "plus the previous step's correction" in capsys.readouterr().err
+    with xr.open_dataset(carried) as ds:
+        assert int(ds.attrs["emulator_refine_carry_correction"]) == 1
+        assert not np.array_equal(ds["thk"].values[-1], plain)  # another run
+    # without --refine there is nothing to carry: one line, exit code 2, no output
+    assert main(["run", "-o", str(tmp_path / "bad.nc"), "--years", "1", "--carry-correction"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--carry-correction needs --refine" in err[0]
+    assert not (tmp_path / "bad.nc").exists()

@@ -53,6 +53,10 @@ def register(subparsers) -> None:
     add_symmetrise_argument(p)
     add_coarsen_argument(p)
     add_refine_argument(p)
+    p.add_argument("--carry-correction", action="store_true",
+                   help="with --refine: start each step's refinement from the network's prediction "
+                   "plus the previous step's correction (closer to the solver-driven run where the "
+                   "ice retreats, further where it advances; README)")
     p.add_argument("--smb", metavar="SPEC", help=SMB_HELP)
     p.add_argument("--save-every", type=float, metavar="Y", help="years between saved records")
     p.add_argument("--cfl", type=float, metavar="C", help="Courant number (default 0.3)")
@@ -218,16 +222,18 @@ def resolve_provider(config, physics, args, *, note):
         from .predict import resolve_model
 
         emulator = resolve_model(args.model, args.symmetrise, args.coarsen, args.refine)
+        carry = bool(getattr(args, "carry_correction", False))
         if emulator.refine:
+            start = ("the network's prediction plus the previous step's correction" if carry
+                     else "the network's prediction")
             note(f"velocity: the emulator {emulator.name}{_accuracy_note(emulator)}, refined by at "
                  f"most {emulator.refine} reference-solver iterations at each velocity evaluation "
-                 "(each starting from the network's prediction plus the previous step's "
-                 "correction, with the previous step's L-BFGS memory)")
+                 f"(each starting from {start}, with the previous step's L-BFGS memory)")
         if not emulator.metadata.forward_runs:
             note(f"warning: the emulator {emulator.name} is marked not for forward runs (it failed "
                  "the forward test of its model card: the ice may pile up until the run stops); "
                  "prefer the default model, --velocity sia or --velocity solver")
-        return EmulatorProvider(emulator)
+        return EmulatorProvider(emulator, carry_correction=carry)
     if name == "solver":
         return solver_provider(config, physics)
     return make_provider(name, physics)
@@ -288,6 +294,9 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if not output.parent.is_dir():
         raise FileNotFoundError(f"{output}: cannot write, directory '{output.parent}' does not exist")
+    if getattr(args, "carry_correction", False) and not args.refine:
+        raise ValueError("--carry-correction needs --refine N (it carries the solver's correction "
+                         "of the network from one time step to the next)")
     config = build_config(args)
     if args.smb is not None:
         config = config.replace(smb=smb_config_from_spec(args.smb))

@@ -162,23 +162,22 @@ class EmulatorProvider:
 
     An :class:`~glacier_emulator.emulator.Emulator` with ``refine`` > 0
     (:meth:`~glacier_emulator.emulator.Emulator.with_refine`, ``run --refine N``) is refined
-    here, and carries two things from one call to the next, as a solver warm-started along a run
-    does:
+    here, and may carry two things from one call to the next:
 
-    * ``reuse_memory``: the L-BFGS curvature pairs of the previous refinement (as
+    * ``reuse_memory`` (default on): the L-BFGS curvature pairs of the previous refinement (as
       :class:`SolverProvider` does);
-    * ``carry_correction``: the previous refinement's correction to its network prediction
-      (refined minus network, on the levels, ice nodes only). Each refinement starts from this
-      step's network prediction plus that correction instead of the prediction alone: the
-      network follows the change of the geometry, the correction keeps what the solver already
-      fixed. Nodes that were ice-free at the previous call get no correction.
+    * ``carry_correction`` (default off; ``run --carry-correction``): the previous refinement's
+      correction to its network prediction (refined minus network, on the levels, ice nodes
+      only). Each refinement then starts from this step's network prediction plus that
+      correction instead of the prediction alone; nodes that were ice-free at the previous call
+      get no correction.
 
-    Measured on the bundled example's 50-year run with ``--refine 10``, thickness RMS difference
-    from the solver-driven run in 2050 (``scripts/results/forward_refine_carry.md``): 0.29 m with
-    neither, 0.06-0.07 m with the memory, 0.03 m with both; with both, 5 iterations are as close
-    as 10 with the memory alone. Not better at every instant: while the example retreats fast (its
-    first ten years) the refined velocity is up to 0.012 from a converged solve with the
-    correction against 0.004 without; later it is the closer (0.001-0.002 against 0.002).
+    Measured on the bundled example (thickness RMS difference from the solver-driven run, `--refine
+    10`; notes of the twenty-second session): 0.29 m with neither, 0.07 m with the memory, 0.03 m
+    with both in its 50-year retreat (``scripts/results/forward_refine_carry.md``), but 0.06 m
+    with the memory and 0.13 m with both in 20 years of advance under a 200 m lower ELA (with 5
+    iterations 0.18 m and 0.29 m): the correction helps where the ice retreats and hurts where it
+    advances into nodes that have none, so it is not the default.
 
     Args:
         emulator: the model object.
@@ -188,7 +187,7 @@ class EmulatorProvider:
 
     name = "emulator"
 
-    def __init__(self, emulator, reuse_memory: bool = True, carry_correction: bool = True):
+    def __init__(self, emulator, reuse_memory: bool = True, carry_correction: bool = False):
         method = getattr(emulator, "predict_geometry", None) or getattr(emulator, "velocity", None)
         if not callable(method):
             raise TypeError(
