@@ -224,7 +224,7 @@ class EmulatorProvider:
                                          np.where(ice, network.v + dv, network.v), network.zeta)
         self.last_result = self.emulator.refine_solve(geometry, start, refine, memory=memory)
         refined = self.last_result.velocity
-        if network.u is not None and refined.u is not None:
+        if self.carry_correction and network.u is not None and refined.u is not None:
             self.correction = (np.where(ice, refined.u - network.u, 0.0),
                                np.where(ice, refined.v - network.v, 0.0))
         return refined
