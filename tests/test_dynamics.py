@@ -510,3 +510,9 @@ def test_cli_run_check_every(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "multiple of save_every" in err and "already uses the solver" in err
     assert "Traceback" not in err and not (tmp_path / "bad.nc").exists()
+    # options of the emulator with another velocity are refused, not silently ignored
+    assert main(base + ["-o", str(tmp_path / "bad.nc"), "--years", "1", "--refine", "3",
+                        "--symmetrise", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--symmetrise, --refine set the emulator" in err[0] and "sia" in err[0]
+    assert not (tmp_path / "bad.nc").exists()

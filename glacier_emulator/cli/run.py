@@ -203,7 +203,15 @@ def resolve_provider(config, physics, args, *, note):
     from ..dynamics.providers import EmulatorProvider, SIAProvider, make_provider
 
     name = config.velocity
-    if name is None and (args.model or args.symmetrise or args.coarsen or args.refine):
+    emulator_options = [flag for flag, value in (
+        ("--model", args.model), ("--symmetrise", args.symmetrise), ("--coarsen", args.coarsen),
+        ("--refine", args.refine), ("--carry-correction", getattr(args, "carry_correction", False)),
+    ) if value]
+    if name in ("solver", "sia") and emulator_options:
+        raise ValueError(f"{', '.join(emulator_options)} set the emulator, but this run's velocity "
+                         f"is the {name} (--velocity or the configuration): drop them or use "
+                         "--velocity emulator")
+    if name is None and emulator_options:
         name = "emulator"  # asking for a model (or its symmetry averaging) means the emulator
     if name is None:
         # the shipped default emulator; an installation without a usable one falls back to the SIA
