@@ -191,6 +191,11 @@ class ModelMetadata:
             the forward test (``tests/test_pretrained.py``: the bundled example glacier driven
             50 years stays plausible); ``glacier-emulator run`` warns when given such a model,
             and the default model must have True.
+        levels_model: for a depth-averaged model made from a 3-D one by
+            :meth:`Emulator.depth_averaged`, that model's name (its ``NAME.keras`` lies in the
+            same folder): solver refinement (``refine``) then starts from its levels, whose depth
+            average is this model's output, instead of the shallow-ice profile
+            (:meth:`Emulator.levels_source`). Empty for none.
     """
 
     name: str
@@ -214,6 +219,7 @@ class ModelMetadata:
     package_version: str = __version__
     default: bool = False
     forward_runs: bool = True
+    levels_model: str = ""
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -248,6 +254,12 @@ class ModelMetadata:
                 set_(self, name, value)
         if not self.created:
             set_(self, "created", _now())
+        set_(self, "levels_model", str(self.levels_model or ""))
+        if self.levels_model and self.outputs != "depth_averaged":
+            raise ValueError(
+                "`levels_model` names the 3-D model of a depth-averaged one; this model has levels "
+                f"itself. Received: levels_model={self.levels_model!r}"
+            )
 
     def covers_spacing(self, dx: float) -> bool:
         """Whether grid spacing ``dx`` (m) lies in :attr:`grid_spacing_range` (the emulator
@@ -317,6 +329,7 @@ class ModelMetadata:
             "package_version": self.package_version,
             "default": bool(self.default),
             "forward_runs": bool(self.forward_runs),
+            **({"levels_model": self.levels_model} if self.levels_model else {}),
             "inputs": [
                 {"name": n, "units": INPUT_UNITS[n], "offset": o, "scale": s}
                 for n, o, s in zip(self.inputs, offset, scale)
@@ -388,6 +401,7 @@ class ModelMetadata:
                 package_version=data.get("package_version", ""),
                 default=bool(data.get("default", False)),
                 forward_runs=bool(data.get("forward_runs", True)),
+                levels_model=data.get("levels_model") or "",
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: malformed model metadata ({type(exc).__name__}: {exc})") from exc
@@ -503,6 +517,11 @@ class Emulator:
         self.metadata = metadata
         self.coarsen = None
         self.refine = 0
+        #: the ``.keras`` file this emulator was loaded from (None for one built in memory)
+        self.source_path: Optional[Path] = None
+        # the 3-D model of a depth-averaged one (levels_source): None until looked for, False
+        # when it is missing
+        self._levels_source = None
         self._forward = tf.function(
             lambda x: self.model(x, training=False),
             input_signature=[tf.TensorSpec((None, None, None, n_in), tf.float32)],
@@ -536,9 +555,11 @@ class Emulator:
         metadata = ModelMetadata.from_dict(data, source=str(meta_path))
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
         try:
-            return cls(model, metadata)
+            emulator = cls(model, metadata)
         except ValueError as exc:
             raise InputError(f"{path}: {exc}") from exc
+        emulator.source_path = path
+        return emulator
 
     @classmethod
     def pretrained(cls, name: Optional[str] = None) -> "Emulator":
@@ -597,6 +618,10 @@ class Emulator:
         levels gives a 2-channel network whose output equals the trapezoidal depth average of this
         one's (to float32 round-off), with every other weight shared.
 
+        The new model's ``levels_model`` names this one (its file stem, else its name), so that
+        solver refinement starts from this model's levels (:meth:`levels_source`); save both in
+        one folder, or pass ``levels_model=""`` to refine from the shallow-ice profile.
+
         Args:
             name: the new model's name (default: this name with ``-ubar``).
             **metadata: other :class:`ModelMetadata` fields to set (description, version, ...).
@@ -608,20 +633,62 @@ class Emulator:
         arch = dict(self.model.constructor_arguments(), out_channels=2)
         model = GlacierUNet(**arch)
         w = np.asarray(self.vertical.depth_average_weights, np.float64)
-        nz = len(w)
         for layer in model.layers:
             source = self.model.get_layer(layer.name).get_weights()
-            if layer.name == "velocity_head":
-                kernel, bias = (np.asarray(a, np.float64) for a in source)
-                kernel = np.stack([kernel[..., :nz] @ w, kernel[..., nz:] @ w], axis=-1)
-                bias = np.array([bias[:nz] @ w, bias[nz:] @ w])
-                source = [kernel.astype(np.float32), bias.astype(np.float32)]
+            if layer.name == _VELOCITY_HEAD:
+                source = [a.astype(np.float32) for a in _depth_averaged_head(source, w)]
             layer.set_weights(source)
         fields = dict(metadata)
         fields.setdefault("name", name or f"{self.name}-ubar")
+        fields.setdefault("levels_model", self.source_path.stem if self.source_path else self.name)
         fields["outputs"] = "depth_averaged"
         fields["architecture"] = {**dict(self.metadata.architecture), "out_channels": 2}
-        return Emulator(model, dataclasses.replace(self.metadata, **fields))
+        flat = Emulator(model, dataclasses.replace(self.metadata, **fields))
+        if flat.metadata.levels_model:
+            flat._levels_source = self
+        return flat
+
+    def levels_source(self) -> Optional["Emulator"]:
+        """The 3-D emulator whose levels solver refinement starts from.
+
+        This emulator itself if it has levels. For a depth-averaged one with a ``levels_model``
+        (the shipped ``ubar-prior`` names ``velocity3d-prior``): that model, loaded from the
+        folder this one was loaded from and checked to be the network this one was contracted
+        from (:meth:`depth_averaged`: every weight shared, its depth-averaged output layer this
+        one's), with this one's symmetry averaging; its depth average is this model's output,
+        so only the starting levels change. Otherwise None: refinement then starts from the
+        shallow-ice profile scaled to the prediction
+        (:func:`~glacier_emulator.physics.sia.sia_shaped_levels`), about twice the error after
+        10 iterations (the model cards' refine rows). A ``levels_model`` file that is missing
+        gives one warning and None.
+
+        Raises:
+            InputError: the ``levels_model`` file is not the model this one was made from.
+        """
+        if self.has_levels:
+            return self
+        name = self.metadata.levels_model
+        if not name or self._levels_source is False:
+            return None
+        deep = self._levels_source
+        if deep is None:
+            path = self.source_path.with_name(f"{name}.keras") if self.source_path else None
+            if path is None or not path.is_file():
+                where = f"{path}" if path else f"model {self.name!r} was not loaded from a file, so"
+                warnings.warn(
+                    f"{where}: the 3-D model {name!r} that {self.name!r} was made from is not "
+                    "there; solver refinement starts from the shallow-ice profile instead of its "
+                    "levels (less accurate)", stacklevel=2,
+                )
+                self._levels_source = False
+                return None
+            deep = Emulator.load(path)
+            _check_depth_averaged_from(self, deep, path)
+        symmetrise = getattr(self.model, "symmetrise", "none")
+        if getattr(deep.model, "symmetrise", "none") != symmetrise:
+            deep = deep.with_symmetrise(symmetrise)
+        self._levels_source = deep
+        return deep
 
     def with_symmetrise(self, symmetrise: str) -> "Emulator":
         """This emulator with its network averaged over another set of grid symmetries.
@@ -636,7 +703,10 @@ class Emulator:
 
         model = self.model.with_symmetrise(symmetrise)
         architecture = {**dict(self.metadata.architecture), "symmetrise": symmetrise}
-        return Emulator(model, dataclasses.replace(self.metadata, architecture=architecture))
+        out = Emulator(model, dataclasses.replace(self.metadata, architecture=architecture))
+        out.source_path, out._levels_source = self.source_path, self._levels_source
+        out.coarsen, out.refine = self.coarsen, self.refine
+        return out
 
     # ------------------------------------------------------------- properties
     @property
@@ -819,8 +889,9 @@ class Emulator:
         physics and levels; it stops earlier if it converges): :meth:`refine_solve`'s velocity.
 
         A 3-D prediction is the starting guess as it is; a depth-averaged one gets the
-        shallow-ice vertical profile (:func:`~glacier_emulator.physics.sia.sia_shaped_levels`).
-        The iterations run in single precision. The first call for a grid size compiles the
+        shallow-ice vertical profile (:func:`~glacier_emulator.physics.sia.sia_shaped_levels`);
+        :meth:`predict_geometry` starts instead from :meth:`refine_initial` (the levels of the
+        3-D model a depth-averaged one was made from, where there is one). The iterations run in single precision. The first call for a grid size compiles the
         solver's energy (a few seconds); later calls on that grid size (a forward run, a dataset)
         reuse it. Returns the 3-D velocity on this model's levels (``velocity`` for 0 iterations).
         """
@@ -859,6 +930,17 @@ class Emulator:
         return sia_shaped_levels(geometry, velocity.ubar, velocity.vbar,
                                  zeta=self.vertical.zeta, physics=self.physics)
 
+    def refine_initial(self, geometry: Geometry, *, coarsen="default") -> Velocity:
+        """The network prediction that solver refinement of ``geometry`` starts from, on this
+        model's levels: the prediction of :meth:`levels_source` (this model if it has levels,
+        else the 3-D model it was made from, whose depth average is this model's output), or
+        this depth-averaged model's prediction with the shallow-ice profile
+        (:meth:`refine_start`) where there is none. ``coarsen`` as in :meth:`predict_geometry`."""
+        coarsen = self.coarsen if coarsen == "default" else coarsen
+        source = self.levels_source() or self
+        velocity = source.predict_geometry(geometry, coarsen=coarsen, refine=0)
+        return self.refine_start(geometry, velocity)
+
     def coarsening_levels(self, geometry: Geometry, coarsen="auto") -> int:
         """How many times :meth:`predict_geometry` halves the grid for ``coarsen``: 0 for None,
         log2 of an int power of 2, and for ``"auto"`` none unless the ice spans more than
@@ -895,7 +977,8 @@ class Emulator:
                 halving was worse on 13 of 19 (1.6). Default: the emulator's :attr:`coarsen`
                 (None unless set by :meth:`with_coarsen`).
             refine: after the network, at most this many iterations of the reference solver
-                started from its prediction (:meth:`refine_velocity`): 0 for none. It trades
+                started from its prediction on the levels (:meth:`refine_initial`; the result
+                is 3-D): 0 for none. It trades
                 time for accuracy: on the generator's 64 x 64 glaciers 30 iterations take the
                 3-D model's error several-fold down at a fraction of a converged solve's time
                 (``refine`` rows of the model cards). Default: the emulator's :attr:`refine`
@@ -903,6 +986,9 @@ class Emulator:
         """
         coarsen = self.coarsen if coarsen == "default" else coarsen
         refine = self.refine if refine == "default" else _refine_iterations(refine)
+        if refine:
+            return self.refine_solve(geometry, self.refine_initial(geometry, coarsen=coarsen),
+                                     refine).velocity
         levels = self.coarsening_levels(geometry, coarsen)
         if levels:
             velocity = self._predict_coarsened(geometry, levels)
@@ -912,7 +998,7 @@ class Emulator:
                 sliding_coefficient=geometry.sliding_coefficient, rate_factor=geometry.rate_factor,
                 dx=geometry.dx, dy=geometry.dy,
             )
-        return self.refine_velocity(geometry, velocity, refine) if refine else velocity
+        return velocity
 
     __call__ = predict_geometry
 
@@ -1078,6 +1164,48 @@ class Emulator:
         u = np.moveaxis(y[..., :nz], -1, 0).copy()
         v = np.moveaxis(y[..., nz:], -1, 0).copy()
         return Velocity.from_levels(u, v, self.vertical.zeta)
+
+
+_VELOCITY_HEAD = "velocity_head"  # the U-Net's last layer (GlacierUNet): 1 x 1 conv to the outputs
+
+
+def _depth_averaged_head(weights, w) -> Tuple[np.ndarray, np.ndarray]:
+    """The kernel and bias of a 3-D model's velocity head (u then v on the levels) contracted
+    with the depth-average weights ``w`` of the levels: those of its (ubar, vbar) (float64)."""
+    kernel, bias = (np.asarray(a, np.float64) for a in weights)
+    nz = len(w)
+    kernel = np.stack([kernel[..., :nz] @ w, kernel[..., nz:] @ w], axis=-1)
+    bias = np.array([bias[:nz] @ w, bias[nz:] @ w])
+    return kernel, bias
+
+
+def _check_depth_averaged_from(flat: Emulator, deep: Emulator, path: Path) -> None:
+    """Raise InputError unless ``flat`` is :meth:`Emulator.depth_averaged` of ``deep`` (loaded
+    from ``path``): same inputs, physics and levels, every weight the same but the velocity head,
+    and that one ``deep``'s contracted by the depth-average weights (to float32 round-off)."""
+    prefix = (f"{path}: not the 3-D model that {flat.name!r} was made from (its metadata's "
+              f"levels_model {flat.metadata.levels_model!r})")
+    if not deep.has_levels:
+        raise InputError(f"{prefix}: it is depth-averaged itself")
+    if (deep.inputs != flat.inputs or deep.physics != flat.physics
+            or not np.allclose(deep.vertical.zeta, flat.vertical.zeta)):
+        raise InputError(f"{prefix}: its inputs, physics or levels differ")
+    w = np.asarray(flat.vertical.depth_average_weights, np.float64)
+    for layer in flat.model.layers:
+        mine = layer.get_weights()
+        try:
+            theirs = deep.model.get_layer(layer.name).get_weights()
+        except ValueError:
+            raise InputError(f"{prefix}: it has no layer {layer.name!r}") from None
+        if layer.name == _VELOCITY_HEAD and len(theirs) == 2:
+            theirs = _depth_averaged_head(theirs, w)
+            same = all(a.shape == b.shape and np.allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+                       for a, b in zip(mine, theirs))
+        else:
+            same = len(mine) == len(theirs) and all(
+                a.shape == b.shape and np.array_equal(a, b) for a, b in zip(mine, theirs))
+        if not same:
+            raise InputError(f"{prefix}: the weights of layer {layer.name!r} differ")
 
 
 def _describe(arr) -> str:

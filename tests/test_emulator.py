@@ -617,6 +617,61 @@ def test_refine_converges_to_the_reference_solve(fixture, request):
     assert refined.predict_geometry(g).u is not None  # the solver's levels
 
 
+def test_depth_averaged_model_refines_from_its_3d_models_levels(tiny_levels, tmp_path):
+    """A model made by ``depth_averaged`` names its 3-D model (``levels_model``) and refinement
+    starts from that model's levels: the refined velocity is the 3-D model's refined velocity,
+    not the one from the shallow-ice profile of the same depth average. The link survives a save
+    and load of both files in one folder; without the 3-D file it warns once and falls back to
+    the shallow-ice profile; a 3-D file with other weights under that name is refused."""
+    g = glacier(n=21, ny=15, slope=0.15)
+    flat = tiny_levels.depth_averaged(name="tiny-ubar")
+    assert flat.metadata.levels_model == "tiny-levels" and flat.levels_source() is tiny_levels
+    assert tiny_levels.levels_source() is tiny_levels
+    unlinked = tiny_levels.depth_averaged(name="tiny-ubar", levels_model="")
+    assert unlinked.levels_source() is None
+    deep = tiny_levels.predict_geometry(g, refine=5)
+    linked, shallow = flat.predict_geometry(g, refine=5), unlinked.predict_geometry(g, refine=5)
+    np.testing.assert_array_equal(linked.u, deep.u)
+    assert np.max(np.abs(shallow.u - deep.u)) > 1e-3 * np.max(np.abs(deep.u))
+    # the start: the 3-D prediction, whose depth average is the flat model's output
+    start = flat.refine_initial(g)
+    np.testing.assert_array_equal(start.u, tiny_levels.predict_geometry(g).u)
+    scale = np.max(np.abs(start.ubar))
+    np.testing.assert_allclose(start.ubar, flat.predict_geometry(g).ubar, atol=1e-5 * scale)
+    # symmetry averaging follows the depth-averaged model
+    assert flat.with_symmetrise("x").levels_source().model.symmetrise == "x"
+
+    # files: both in one folder
+    folder = tmp_path / "both"
+    tiny_levels.save(folder / "tiny-levels.keras")
+    flat.save(folder / "tiny-ubar.keras")
+    assert json.loads((folder / "tiny-ubar.json").read_text())["levels_model"] == "tiny-levels"
+    loaded = Emulator.load(folder / "tiny-ubar.keras")
+    assert loaded.levels_source().source_path == folder / "tiny-levels.keras"
+    np.testing.assert_allclose(loaded.predict_geometry(g, refine=5).u, deep.u, rtol=1e-6, atol=1e-6 * scale)
+    # the depth-averaged file alone: one warning, the shallow-ice start
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for suffix in (".keras", ".json"):
+        shutil.copy(folder / f"tiny-ubar{suffix}", alone)
+    lonely = Emulator.load(alone / "tiny-ubar.keras")
+    with pytest.warns(UserWarning, match="'tiny-levels' that 'tiny-ubar' was made from is not there"):
+        v = lonely.predict_geometry(g, refine=5)
+    np.testing.assert_allclose(v.u, shallow.u, rtol=1e-6, atol=1e-6 * scale)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lonely.predict_geometry(g, refine=1)  # warned once
+    # another 3-D network under the linked name is refused
+    impostor = tmp_path / "impostor"
+    make_emulator(out_channels=8, seed=7, name="tiny-levels").save(impostor / "tiny-levels.keras")
+    for suffix in (".keras", ".json"):
+        shutil.copy(folder / f"tiny-ubar{suffix}", impostor)
+    with pytest.raises(InputError, match="not the 3-D model that 'tiny-ubar' was made from.*weights"):
+        Emulator.load(impostor / "tiny-ubar.keras").predict_geometry(g, refine=1)
+    with pytest.raises(ValueError, match="levels_model"):
+        ModelMetadata(name="x", outputs="levels", levels_model="y")
+
+
 def test_emulator_provider_refines_with_the_memory_and_correction_of_the_previous_step(tiny_levels):
     """In a forward run an emulator with ``refine`` > 0 is refined by EmulatorProvider with the
     L-BFGS memory of the previous time step (as SolverProvider does) and, with

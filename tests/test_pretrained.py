@@ -149,6 +149,19 @@ def test_depth_averaged_model_is_the_contracted_3d_model(flat_name, full_name):
     np.testing.assert_allclose(a.vbar, b.vbar, atol=1e-4 * scale)
 
 
+@pytest.mark.parametrize("flat_name,full_name", [("ubar-default", "velocity3d-default"),
+                                                 ("ubar-prior", "velocity3d-prior")])
+def test_depth_averaged_model_refines_from_its_3d_model(flat_name, full_name):
+    """Each shipped ubar-* model names its velocity3d-* model as ``levels_model``; loading it
+    checks the weights (``levels_source``), and the refined velocity is that model's."""
+    flat, full = Emulator.pretrained(flat_name), Emulator.pretrained(full_name)
+    assert flat.metadata.levels_model == full_name
+    assert flat.levels_source().name == full_name
+    geometry = read_geometry(DATA / "reference_input.nc")
+    a, b = flat.predict_geometry(geometry, refine=3), full.predict_geometry(geometry, refine=3)
+    np.testing.assert_array_equal(a.u, b.u)
+
+
 def test_models_command_lists_them(capsys):
     from glacier_emulator.cli import main
 
@@ -224,6 +237,9 @@ def test_run_with_refine_names_the_default_model_and_records_the_iterations(tmp_
         # each refinement starts from the network, with the previous step's memory
         assert int(ds.attrs["emulator_refine_memory"]) == 1
         assert int(ds.attrs["emulator_refine_carry_correction"]) == 0
+        # from the levels of the 3-D model the default was made from
+        source = default.levels_source()
+        assert ds.attrs["emulator_refine_levels"] == f"{source.name} {source.metadata.version}"
         assert np.isfinite(ds["thk"].values).all()
         plain = ds["thk"].values[-1]
     carried = tmp_path / "carried.nc"

@@ -210,10 +210,11 @@ class EmulatorProvider:
         refine = int(getattr(self.emulator, "refine", 0) or 0)
         if not refine or not callable(getattr(self.emulator, "refine_solve", None)):
             return self._predict(geometry)
-        network = self.emulator.predict_geometry(geometry, refine=0)
-        to_levels = getattr(self.emulator, "refine_start", None)
-        if callable(to_levels):
-            network = to_levels(geometry, network)
+        initial = getattr(self.emulator, "refine_initial", None)
+        if callable(initial):  # the network on the levels (Emulator.refine_initial)
+            network = initial(geometry)
+        else:
+            network = self.emulator.predict_geometry(geometry, refine=0)
         ice = geometry.thickness > 0
         same_grid = self.last_result is not None and self.last_result.velocity.ubar.shape == geometry.shape
         memory = self.last_result.memory if (self.reuse_memory and same_grid) else None
@@ -241,15 +242,21 @@ class EmulatorProvider:
             return {}
         model = getattr(self.emulator, "model", None)
         coarsen = getattr(self.emulator, "coarsen", None)
+        refine = int(getattr(self.emulator, "refine", 0))
+        levels = getattr(self.emulator, "levels_source", None)
+        start = levels() if refine and callable(levels) else None
         return {
             "emulator": meta.name,
             "emulator_version": meta.version,
             "emulator_symmetrise": str(getattr(model, "symmetrise", "none")),
             "emulator_coarsen": "none" if coarsen is None else str(coarsen),
-            "emulator_refine_iterations": int(getattr(self.emulator, "refine", 0)),
+            "emulator_refine_iterations": refine,
             # how each refinement of a run starts (see the class docstring)
             "emulator_refine_memory": int(bool(self.reuse_memory)),
             "emulator_refine_carry_correction": int(bool(self.carry_correction)),
+            # the levels each refinement starts from (Emulator.refine_initial)
+            **({"emulator_refine_levels": (f"{start.name} {start.metadata.version}" if start
+                                           else "shallow-ice profile")} if refine else {}),
         }
 
 
