@@ -100,6 +100,18 @@ ice spans at most this many cells (the training crop up to 1.6) or the next halv
 the model's grid-spacing range. Narrower ice is left alone: on the generator's 96 x 96 glaciers
 (ice 48-96 cells across) halving was worse than the grid as given on 13 of 19 (1.6)."""
 
+REFINE_LEVELS_MAX = 25
+"""Solver refinement (``refine=N``) of a single prediction starts from the network's levels (a
+depth-averaged model's: those of the 3-D model it was made from, ``levels_model``) for N up to
+this many iterations, and from the shallow-ice vertical profile of the network's depth average
+(:func:`~glacier_emulator.physics.sia.sia_shaped_levels`) for more; forward runs
+(:class:`~glacier_emulator.dynamics.providers.EmulatorProvider`) always start from the latter.
+Chosen on 48 validation glaciers of ``velocity3d-prior`` (twenty-third session,
+``training/runs/notes.md``; mean of the two sets' median error of ubar): from the levels 0.042 /
+0.030 / 0.017 / 0.013 after 5 / 10 / 20 / 30 iterations, from the profile 0.052 / 0.039 / 0.021 /
+0.011; in the bundled example's forward runs (advance and retreat, 5 and 10 iterations a step,
+each with the previous step's solver memory) the profile was closer in three of four."""
+
 
 def dataclass_from_mapping(cls, values, *, what: str):
     """``cls(**values)`` for a dataclass, refusing unknown keys with one clear message.

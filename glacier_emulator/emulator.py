@@ -63,6 +63,7 @@ from .constants import (
     DEFAULT_PHYSICS,
     DEFAULT_VERTICAL,
     EXAMPLE_EXTENT_ERRORS,
+    REFINE_LEVELS_MAX,
     UNITS,
     WIDE_ICE_CELLS,
     Physics,
@@ -517,6 +518,7 @@ class Emulator:
         self.metadata = metadata
         self.coarsen = None
         self.refine = 0
+        self.refine_from = "auto"
         #: the ``.keras`` file this emulator was loaded from (None for one built in memory)
         self.source_path: Optional[Path] = None
         # the 3-D model of a depth-averaged one (levels_source): None until looked for, False
@@ -705,7 +707,7 @@ class Emulator:
         architecture = {**dict(self.metadata.architecture), "symmetrise": symmetrise}
         out = Emulator(model, dataclasses.replace(self.metadata, architecture=architecture))
         out.source_path, out._levels_source = self.source_path, self._levels_source
-        out.coarsen, out.refine = self.coarsen, self.refine
+        out.coarsen, out.refine, out.refine_from = self.coarsen, self.refine, self.refine_from
         return out
 
     # ------------------------------------------------------------- properties
@@ -873,13 +875,22 @@ class Emulator:
         out.coarsen = coarsen
         return out
 
-    def with_refine(self, iterations: int) -> "Emulator":
+    def with_refine(self, iterations: int, start: Optional[str] = None) -> "Emulator":
         """This emulator (same network) with ``iterations`` as the default ``refine`` of
-        :meth:`predict_geometry` (so also of forward runs through it); 0 switches it off."""
+        :meth:`predict_geometry` (so also of forward runs through it); 0 switches it off.
+
+        ``start``: where the iterations start (:attr:`refine_from`; unchanged when None):
+        ``"auto"`` (the default; :data:`~glacier_emulator.constants.REFINE_LEVELS_MAX`),
+        ``"levels"`` (the network's levels, a depth-averaged model's from its ``levels_model``)
+        or ``"shallow-ice"`` (the shallow-ice profile of the network's depth average)."""
         import copy
 
         out = copy.copy(self)
         out.refine = _refine_iterations(iterations)
+        if start is not None:
+            if start not in REFINE_STARTS:
+                raise ValueError(f"start must be one of {REFINE_STARTS}. Received: start={start!r}")
+            out.refine_from = start
         return out
 
     def refine_velocity(self, geometry: Geometry, velocity: Velocity, iterations: int) -> Velocity:
@@ -930,15 +941,43 @@ class Emulator:
         return sia_shaped_levels(geometry, velocity.ubar, velocity.vbar,
                                  zeta=self.vertical.zeta, physics=self.physics)
 
-    def refine_initial(self, geometry: Geometry, *, coarsen="default") -> Velocity:
-        """The network prediction that solver refinement of ``geometry`` starts from, on this
-        model's levels: the prediction of :meth:`levels_source` (this model if it has levels,
-        else the 3-D model it was made from, whose depth average is this model's output), or
-        this depth-averaged model's prediction with the shallow-ice profile
-        (:meth:`refine_start`) where there is none. ``coarsen`` as in :meth:`predict_geometry`."""
+    def refine_source(self, iterations: Optional[int] = None, *, forward: bool = False) -> Optional["Emulator"]:
+        """The emulator whose predicted levels a refinement by ``iterations`` solver iterations
+        (default :attr:`refine`) starts from, or None for the shallow-ice profile of the
+        network's depth average.
+
+        :attr:`refine_from` ``"levels"``: :meth:`levels_source` (None for a depth-averaged model
+        without a ``levels_model``); ``"shallow-ice"``: None; ``"auto"`` (the default): the
+        levels for at most :data:`~glacier_emulator.constants.REFINE_LEVELS_MAX` iterations of a
+        single prediction, the profile for more and in forward runs (``forward``, as
+        :class:`~glacier_emulator.dynamics.providers.EmulatorProvider` asks), which is what
+        measured closer (the constant's documentation).
+        """
+        iterations = self.refine if iterations is None else _refine_iterations(iterations)
+        mode = self.refine_from
+        if mode == "auto":
+            mode = "shallow-ice" if forward or iterations > REFINE_LEVELS_MAX else "levels"
+        return self.levels_source() if mode == "levels" else None
+
+    def refine_start_description(self, iterations: Optional[int] = None, *, forward: bool = False) -> str:
+        """What :meth:`refine_source` picks, in words for output files: ``"levels of NAME
+        VERSION"`` or ``"shallow-ice profile"``."""
+        source = self.refine_source(iterations, forward=forward)
+        return f"levels of {source.name} {source.metadata.version}" if source else "shallow-ice profile"
+
+    def refine_initial(self, geometry: Geometry, *, coarsen="default", iterations: Optional[int] = None,
+                       forward: bool = False) -> Velocity:
+        """The network prediction that solver refinement of ``geometry`` by ``iterations``
+        (default :attr:`refine`) starts from, on this model's levels: the levels predicted by
+        :meth:`refine_source` (this model, or the 3-D model a depth-averaged one was made from,
+        whose depth average is this model's output), or else the network's depth average with
+        the shallow-ice profile (:meth:`refine_start`). ``coarsen`` as in
+        :meth:`predict_geometry`; ``forward``: for a step of a forward run."""
         coarsen = self.coarsen if coarsen == "default" else coarsen
-        source = self.levels_source() or self
-        velocity = source.predict_geometry(geometry, coarsen=coarsen, refine=0)
+        source = self.refine_source(iterations, forward=forward)
+        velocity = (source or self).predict_geometry(geometry, coarsen=coarsen, refine=0)
+        if source is None:
+            velocity = Velocity(ubar=velocity.ubar, vbar=velocity.vbar)
         return self.refine_start(geometry, velocity)
 
     def coarsening_levels(self, geometry: Geometry, coarsen="auto") -> int:
@@ -977,8 +1016,8 @@ class Emulator:
                 halving was worse on 13 of 19 (1.6). Default: the emulator's :attr:`coarsen`
                 (None unless set by :meth:`with_coarsen`).
             refine: after the network, at most this many iterations of the reference solver
-                started from its prediction on the levels (:meth:`refine_initial`; the result
-                is 3-D): 0 for none. It trades
+                started from its prediction on the levels (:meth:`refine_initial`, by
+                :attr:`refine_from`; the result is 3-D): 0 for none. It trades
                 time for accuracy: on the generator's 64 x 64 glaciers 30 iterations take the
                 3-D model's error several-fold down at a fraction of a converged solve's time
                 (``refine`` rows of the model cards). Default: the emulator's :attr:`refine`
@@ -987,8 +1026,8 @@ class Emulator:
         coarsen = self.coarsen if coarsen == "default" else coarsen
         refine = self.refine if refine == "default" else _refine_iterations(refine)
         if refine:
-            return self.refine_solve(geometry, self.refine_initial(geometry, coarsen=coarsen),
-                                     refine).velocity
+            start = self.refine_initial(geometry, coarsen=coarsen, iterations=refine)
+            return self.refine_solve(geometry, start, refine).velocity
         levels = self.coarsening_levels(geometry, coarsen)
         if levels:
             velocity = self._predict_coarsened(geometry, levels)
@@ -1165,6 +1204,9 @@ class Emulator:
         v = np.moveaxis(y[..., nz:], -1, 0).copy()
         return Velocity.from_levels(u, v, self.vertical.zeta)
 
+
+REFINE_STARTS = ("auto", "levels", "shallow-ice")
+"""Where solver refinement starts (:meth:`Emulator.with_refine`, :meth:`Emulator.refine_source`)."""
 
 _VELOCITY_HEAD = "velocity_head"  # the U-Net's last layer (GlacierUNet): 1 x 1 conv to the outputs
 

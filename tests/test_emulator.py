@@ -672,17 +672,48 @@ def test_depth_averaged_model_refines_from_its_3d_models_levels(tiny_levels, tmp
         ModelMetadata(name="x", outputs="levels", levels_model="y")
 
 
+def test_refinement_start_follows_the_number_of_iterations(tiny_levels):
+    """``refine_from="auto"``: at most REFINE_LEVELS_MAX iterations of a single prediction start
+    from the levels, more (and every step of a forward run) from the shallow-ice profile of the
+    network's depth average, for a 3-D model and its depth-averaged twin alike; ``start``
+    overrides it; the start is recorded in words."""
+    from glacier_emulator.constants import REFINE_LEVELS_MAX
+
+    flat = tiny_levels.depth_averaged(name="tiny-ubar")
+    few, many = REFINE_LEVELS_MAX, REFINE_LEVELS_MAX + 1
+    for em in (tiny_levels, flat):
+        assert em.refine_source(few) is tiny_levels
+        assert em.refine_source(many) is None and em.refine_source(few, forward=True) is None
+        assert em.with_refine(many, start="levels").refine_source().model is tiny_levels.model
+        assert em.with_refine(few, start="shallow-ice").refine_source() is None
+        assert em.with_refine(few).refine_start_description() == "levels of tiny-levels 0.0.1"
+        assert em.with_refine(many).refine_start_description() == "shallow-ice profile"
+    g = glacier(n=21, ny=15, slope=0.15)
+    start = tiny_levels.refine_initial(g, iterations=many)
+    net = tiny_levels.predict_geometry(g)
+    scale = np.max(np.abs(net.ubar))
+    np.testing.assert_allclose(start.ubar, net.ubar, atol=1e-6 * scale)  # the same depth average
+    assert np.max(np.abs(start.u - net.u)) > 1e-3 * scale  # another profile
+    np.testing.assert_allclose(flat.refine_initial(g, iterations=many).u, start.u, atol=1e-5 * scale)
+    np.testing.assert_array_equal(tiny_levels.refine_initial(g, iterations=few).u, net.u)
+    with pytest.raises(ValueError, match="start must be one of"):
+        tiny_levels.with_refine(5, start="sia")
+
+
 def test_emulator_provider_refines_with_the_memory_and_correction_of_the_previous_step(tiny_levels):
     """In a forward run an emulator with ``refine`` > 0 is refined by EmulatorProvider with the
     L-BFGS memory of the previous time step (as SolverProvider does) and, with
     ``carry_correction``, from the network's prediction plus the previous step's correction: the
     first step is the emulator's own ``predict_geometry``, and over the following slowly changing
     glaciers the velocity is closer to the converged solve with the memory than without, and
-    closer still with the correction carried too; ``reset`` forgets both."""
+    closer still with the correction carried too; ``reset`` forgets both. Each refinement starts
+    from the shallow-ice profile of the network's depth average (``refine_from="auto"`` in a
+    forward run), or from the levels when asked (``with_refine(N, start="levels")``)."""
     from glacier_emulator.dynamics.providers import EmulatorProvider
     from glacier_emulator.numerics.solver import SolverConfig, solve
 
     refined = tiny_levels.with_refine(10)
+    profile = tiny_levels.with_refine(10, start="shallow-ice")  # what a forward run starts from
     both = EmulatorProvider(refined, carry_correction=True)
     memory = EmulatorProvider(refined)  # the default: the memory, no correction
     neither = EmulatorProvider(refined, reuse_memory=False, carry_correction=False)
@@ -696,7 +727,8 @@ def test_emulator_provider_refines_with_the_memory_and_correction_of_the_previou
                     config=SolverConfig(tolerance=1e-10)).velocity
         out = [p.velocity(g) for p in providers]
         if k == 0:
-            np.testing.assert_allclose(out[0].ubar, refined.predict_geometry(g).ubar, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(out[0].ubar, profile.predict_geometry(g).ubar, rtol=1e-6, atol=1e-6)
+            assert np.max(np.abs(out[0].ubar - refined.predict_geometry(g).ubar)) > 1e-3 * np.max(np.abs(out[0].ubar))
         gaps.append([relative_l2(np.stack([v.ubar, v.vbar]), np.stack([ref.ubar, ref.vbar]), ice)
                      for v in out])
     gaps = np.array(gaps)
@@ -709,8 +741,13 @@ def test_emulator_provider_refines_with_the_memory_and_correction_of_the_previou
     assert np.all(du[:, ~ice] == 0) and np.all(dv[:, ~ice] == 0)
     both.reset()
     assert both.correction is None and both.last_result is None
-    np.testing.assert_allclose(both.velocity(base).ubar, refined.predict_geometry(base).ubar,
+    np.testing.assert_allclose(both.velocity(base).ubar, profile.predict_geometry(base).ubar,
                                rtol=1e-6, atol=1e-6)
+    assert both.describe()["emulator_refine_start"] == "shallow-ice profile"
+    levels = EmulatorProvider(tiny_levels.with_refine(10, start="levels"))
+    np.testing.assert_allclose(levels.velocity(base).ubar, refined.predict_geometry(base).ubar,
+                               rtol=1e-6, atol=1e-6)
+    assert levels.describe()["emulator_refine_start"] == "levels of tiny-levels 0.0.1"
     # without refine the provider is the network's prediction, as before
     plain = EmulatorProvider(tiny_levels)
     np.testing.assert_array_equal(plain.velocity(base).ubar, tiny_levels.predict_geometry(base).ubar)

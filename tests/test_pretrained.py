@@ -237,9 +237,8 @@ def test_run_with_refine_names_the_default_model_and_records_the_iterations(tmp_
         # each refinement starts from the network, with the previous step's memory
         assert int(ds.attrs["emulator_refine_memory"]) == 1
         assert int(ds.attrs["emulator_refine_carry_correction"]) == 0
-        # from the levels of the 3-D model the default was made from
-        source = default.levels_source()
-        assert ds.attrs["emulator_refine_levels"] == f"{source.name} {source.metadata.version}"
+        # a forward run's refinements start from the shallow-ice profile (REFINE_LEVELS_MAX)
+        assert ds.attrs["emulator_refine_start"] == "shallow-ice profile"
         assert np.isfinite(ds["thk"].values).all()
         plain = ds["thk"].values[-1]
     carried = tmp_path / "carried.nc"

@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         "emulator_symmetrise": emulator.model.symmetrise,
         "emulator_coarsening": 2 ** emulator.coarsening_levels(geometry, emulator.coarsen),
         "emulator_refine_iterations": emulator.refine,
+        **({"emulator_refine_start": emulator.refine_start_description()} if emulator.refine else {}),
         "physics": repr(meta.physics.to_dict()),
         "vertical_levels": meta.vertical.levels,
         "vertical_spacing": meta.vertical.spacing,

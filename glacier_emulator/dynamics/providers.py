@@ -162,7 +162,12 @@ class EmulatorProvider:
 
     An :class:`~glacier_emulator.emulator.Emulator` with ``refine`` > 0
     (:meth:`~glacier_emulator.emulator.Emulator.with_refine`, ``run --refine N``) is refined
-    here, and may carry two things from one call to the next:
+    here. Each refinement starts from the network's prediction as
+    :meth:`~glacier_emulator.emulator.Emulator.refine_initial` makes it for a forward run: with
+    the emulator's default ``refine_from="auto"``, the shallow-ice vertical profile of its depth
+    average, also for a 3-D model (closer than the levels in three of four runs of the bundled
+    example: :data:`~glacier_emulator.constants.REFINE_LEVELS_MAX`). It may carry two things from
+    one call to the next:
 
     * ``reuse_memory`` (default on): the L-BFGS curvature pairs of the previous refinement (as
       :class:`SolverProvider` does);
@@ -212,7 +217,7 @@ class EmulatorProvider:
             return self._predict(geometry)
         initial = getattr(self.emulator, "refine_initial", None)
         if callable(initial):  # the network on the levels (Emulator.refine_initial)
-            network = initial(geometry)
+            network = initial(geometry, forward=True)
         else:
             network = self.emulator.predict_geometry(geometry, refine=0)
         ice = geometry.thickness > 0
@@ -243,8 +248,7 @@ class EmulatorProvider:
         model = getattr(self.emulator, "model", None)
         coarsen = getattr(self.emulator, "coarsen", None)
         refine = int(getattr(self.emulator, "refine", 0))
-        levels = getattr(self.emulator, "levels_source", None)
-        start = levels() if refine and callable(levels) else None
+        start = getattr(self.emulator, "refine_start_description", None)
         return {
             "emulator": meta.name,
             "emulator_version": meta.version,
@@ -254,9 +258,8 @@ class EmulatorProvider:
             # how each refinement of a run starts (see the class docstring)
             "emulator_refine_memory": int(bool(self.reuse_memory)),
             "emulator_refine_carry_correction": int(bool(self.carry_correction)),
-            # the levels each refinement starts from (Emulator.refine_initial)
-            **({"emulator_refine_levels": (f"{start.name} {start.metadata.version}" if start
-                                           else "shallow-ice profile")} if refine else {}),
+            # what each refinement starts from (Emulator.refine_source)
+            **({"emulator_refine_start": start(forward=True)} if refine and callable(start) else {}),
         }
 
 
