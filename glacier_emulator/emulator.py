@@ -660,9 +660,10 @@ class Emulator:
         one's), with this one's symmetry averaging; its depth average is this model's output,
         so only the starting levels change. Otherwise None: refinement then starts from the
         shallow-ice profile scaled to the prediction
-        (:func:`~glacier_emulator.physics.sia.sia_shaped_levels`), about twice the error after
-        10 iterations (the model cards' refine rows). A ``levels_model`` file that is missing
-        gives one warning and None.
+        (:func:`~glacier_emulator.physics.sia.sia_shaped_levels`), which measured further from
+        the solution after a few iterations
+        (:data:`~glacier_emulator.constants.REFINE_LEVELS_MAX`). A ``levels_model`` file that is
+        missing gives one warning and None.
 
         Raises:
             InputError: the ``levels_model`` file is not the model this one was made from.
@@ -680,7 +681,7 @@ class Emulator:
                 warnings.warn(
                     f"{where}: the 3-D model {name!r} that {self.name!r} was made from is not "
                     "there; solver refinement starts from the shallow-ice profile instead of its "
-                    "levels (less accurate)", stacklevel=2,
+                    "levels (less accurate for a few iterations)", stacklevel=2,
                 )
                 self._levels_source = False
                 return None
@@ -901,10 +902,10 @@ class Emulator:
 
         A 3-D prediction is the starting guess as it is; a depth-averaged one gets the
         shallow-ice vertical profile (:func:`~glacier_emulator.physics.sia.sia_shaped_levels`);
-        :meth:`predict_geometry` starts instead from :meth:`refine_initial` (the levels of the
-        3-D model a depth-averaged one was made from, where there is one). The iterations run in single precision. The first call for a grid size compiles the
-        solver's energy (a few seconds); later calls on that grid size (a forward run, a dataset)
-        reuse it. Returns the 3-D velocity on this model's levels (``velocity`` for 0 iterations).
+        :meth:`predict_geometry` starts instead from :meth:`refine_initial` (by
+        :attr:`refine_from`). The iterations run in single precision. The first call for a grid
+        size compiles the solver's energy (a few seconds); later calls on that grid size (a
+        forward run, a dataset) reuse it. Returns the 3-D velocity on this model's levels (``velocity`` for 0 iterations).
         """
         if not _refine_iterations(iterations):
             return velocity
