@@ -244,6 +244,7 @@ def main():
             parser.error("--refine-only needs --refine N")
         accuracy, rows, extra_rows = stored_evaluation(json_path)
         accuracy["refine"] = refine_rows(emulator, files, args)
+        accuracy["refine_start"] = refine_start(emulator, args.refine)
         accuracy["refine_measured"] = dict(
             machine=dict(machine, load_average_end=load_average()),
             date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -307,6 +308,7 @@ def main():
             for mode, group in modes.items()}
     if args.refine:
         accuracy["refine"] = refine_rows(emulator, files, args)
+        accuracy["refine_start"] = refine_start(emulator, args.refine)
     print(json.dumps(accuracy, indent=2))
     if not args.no_update and json_path.is_file():
         store_evaluation(json_path, accuracy)
@@ -334,6 +336,13 @@ def held_out_sets(files, args):
     sets.update({item.partition("=")[0]: sorted(Path(item.partition("=")[2]).glob("*.nc"))
                  for item in args.extra_test})
     return sets
+
+
+def refine_start(emulator, iterations) -> str:
+    """What each N of ``--refine`` started from (``Emulator.refine_start_description``), e.g.
+    ``"N = 10 from the levels of velocity3d-prior 1.8.0, N = 30 from the shallow-ice profile"``."""
+    return ", ".join(f"N = {n} from the {emulator.with_refine(n).refine_start_description()}"
+                     for n in iterations)
 
 
 def refine_rows(emulator, files, args):
@@ -406,6 +415,16 @@ def _refine_summary(group):
                 per_file=[dict(file=r["file"], rel_l2_ubar=r["rel_l2_ubar"]) for r in group])
 
 
+def _start_words(accuracy) -> str:
+    """How the refinements of the card's table started (``refine_start``, recorded since the
+    twenty-third session; before it, a 3-D model from its levels and a 2-channel one from the
+    shallow-ice profile of its prediction)."""
+    if accuracy.get("refine_start"):
+        return accuracy["refine_start"]
+    return ("a 2-channel model from the shallow-ice vertical profile of its prediction, a 3-D "
+            "one from its levels")
+
+
 def _refine_lines(accuracy):
     """The card's table of the refined predictions (``--refine``), if measured."""
     refine = accuracy.get("refine")
@@ -413,8 +432,8 @@ def _refine_lines(accuracy):
         return []
     lines = ["Refined by the reference solver (`predict_geometry(..., refine=N)`, `--refine N` of "
              "`predict` and `run`: the network's prediction, then at most N L-BFGS iterations of the "
-             "Blatter-Pattyn solver; a 2-channel model starts them from the shallow-ice vertical "
-             "profile of its prediction, a 3-D one from its levels). Time: one call, after a "
+             "Blatter-Pattyn solver, started as `Emulator.refine_initial` does: " + _start_words(accuracy)
+             + "). Time: one call, after a "
              "warm-up call on the first glacier of each grid size (which compiles)"
              + (f"; measured {accuracy['refine_measured']['date']} on "
                 f"{describe_machine(accuracy['refine_measured']['machine'])}"

@@ -169,6 +169,10 @@ def test_models_command_lists_them(capsys):
     out = capsys.readouterr().out
     for name in NAMES:
         assert name in out
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    for entry in MODELS:
+        if entry.get("levels_model"):
+            assert f"(--refine: from the levels of {entry['levels_model']})" in lines[entry["name"]]
 
 
 FORWARD = [m["name"] for m in MODELS if m.get("forward_runs", True)]

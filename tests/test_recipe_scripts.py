@@ -405,6 +405,10 @@ def test_evaluate_model_refine_rows(workdir, monkeypatch):
     assert again["per_file"] == held["per_file"] and list(again["refine"]) == ["5"]
     assert again["refine"]["5"]["test"]["rel_l2_ubar"]["median"] > refined["rel_l2_ubar"]["median"]
     assert "| 5 | all | 2 |" in card.read_text()
+    # what the refinements started from is recorded and on the card
+    assert again["refine_start"] == "N = 5 from the levels of tiny3d 0.0.1"
+    assert "started as `Emulator.refine_initial` does: N = 5 from the levels of tiny3d 0.0.1" in card.read_text()
+    assert held["refine_start"] == "N = 40 from the shallow-ice profile"
 
 
 def test_bench_refine_measures_error_and_time_per_iteration_budget(workdir):

@@ -37,7 +37,9 @@ def describe(entry: dict) -> str:
     spacing = entry.get("grid_spacing", {})
     flags = ("" if entry.get("available") else "  [weights file missing]") + (
         "  (default)" if entry.get("default") else ""
-    ) + ("" if entry.get("forward_runs", True) else "  (not for forward runs: see its model card)")
+    ) + ("" if entry.get("forward_runs", True) else "  (not for forward runs: see its model card)") + (
+        f"  (--refine: from the levels of {entry['levels_model']})" if entry.get("levels_model") else ""
+    )
     symmetrise = entry.get("architecture", {}).get("symmetrise", "?")
     return (
         f"{entry.get('name', '?')}  v{entry.get('version', '?')}  outputs={outputs}  Nz={levels}  "
