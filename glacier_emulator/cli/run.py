@@ -194,7 +194,8 @@ def _accuracy_note(emulator) -> str:
     if err is None:
         return ""
     if emulator.refine:
-        return f" (held-out relative error of ubar with refine {emulator.refine}: {err:.3f}, median)"
+        return (f" (held-out relative error of ubar of a single prediction with refine "
+                f"{emulator.refine}: {err:.3f}, median)")
     return f" (held-out relative error of ubar {err:.2f}, median)"
 
 
@@ -232,8 +233,9 @@ def resolve_provider(config, physics, args, *, note):
         emulator = resolve_model(args.model, args.symmetrise, args.coarsen, args.refine)
         carry = bool(getattr(args, "carry_correction", False))
         if emulator.refine:
-            start = ("the network's prediction plus the previous step's correction" if carry
-                     else "the network's prediction")
+            profile = emulator.refine_start_description(forward=True)
+            start = (f"the network's prediction ({profile}) plus the previous step's correction"
+                     if carry else f"the network's prediction ({profile})")
             note(f"velocity: the emulator {emulator.name}{_accuracy_note(emulator)}, refined by at "
                  f"most {emulator.refine} reference-solver iterations at each velocity evaluation "
                  f"(each starting from {start}, with the previous step's L-BFGS memory)")
