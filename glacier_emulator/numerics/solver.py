@@ -468,21 +468,46 @@ def solve(
     else:
         x0 = np.zeros(2 * nz * ny * nx)
 
+    # L-BFGS works on the free unknowns only (the fixed ones, ice-free nodes and the bed under
+    # no slip, have zero gradient and stay zero): its vector arithmetic, bound by memory
+    # bandwidth, shrinks with the share of the grid under ice
+    free = np.stack([mask_np, mask_np])
+    on = np.flatnonzero(free.ravel() > 0)
+
+    def fun_free(xf):
+        x = np.zeros(x0.size)
+        x[on] = xf
+        e, g = fun(x)
+        return e, g[on]
+
+    def expand(vector):
+        out = np.zeros(x0.size)
+        out[on] = vector
+        return out
+
     pairs = None
     if memory is not None and initial is not None and memory[0] == x0.shape:
-        pairs = memory[1]
+        # the previous solve's curvature pairs (full length), restricted to this solve's free
+        # unknowns; where the ice changed, s.y changes with them
+        pairs = []
+        for s_, y_, _ in memory[1]:
+            s_, y_ = s_[on], y_[on]
+            sy = float(np.sum(s_ * y_))
+            if sy > 0:
+                pairs.append((s_, y_, 1.0 / sy))
     diagonal = None
     if config.diagonal_probes and np.any(x0):
         # estimated anew at every start, also with memory: in the example's forward run with
         # `refine` a diagonal carried over from the previous step was worse (notes, 21st session)
-        free = np.stack([mask_np, mask_np])
         # a step of 1e-6 of the scaled unknowns (O(1)); single precision needs a longer one
         step = 1e-6 if config.dtype == "float64" else 1e-4
         diagonal = diagonal_preconditioner(
-            hessian_diagonal(fun, x0, free, probes=config.diagonal_probes, step=step), free).ravel()
-    res = lbfgs(fun, x0, ftol=config.tolerance, gtol=config.gradient_tolerance,
+            hessian_diagonal(fun, x0, free, probes=config.diagonal_probes, step=step), free).ravel()[on]
+    res = lbfgs(fun_free, x0[on], ftol=config.tolerance, gtol=config.gradient_tolerance,
                 max_iterations=int(config.max_iterations), history=int(config.history),
                 callback=callback, pairs=pairs, diagonal=diagonal)
+    res.x = expand(res.x)
+    res.pairs = [(expand(s_), expand(y_), rho) for s_, y_, rho in res.pairs]
     e, g = fun(res.x)
     gnorm = float(np.max(np.abs(g)))
     u, v = to_levels(res.x)
