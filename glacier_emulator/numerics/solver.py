@@ -474,16 +474,14 @@ def solve(
     free = np.stack([mask_np, mask_np])
     on = np.flatnonzero(free.ravel() > 0)
 
-    def fun_free(xf):
-        x = np.zeros(x0.size)
-        x[on] = xf
-        e, g = fun(x)
-        return e, g[on]
-
     def expand(vector):
         out = np.zeros(x0.size)
         out[on] = vector
         return out
+
+    def fun_free(xf):
+        e, g = fun(expand(xf))
+        return e, g[on]
 
     pairs = None
     if memory is not None and initial is not None and memory[0] == x0.shape:
@@ -492,7 +490,7 @@ def solve(
         pairs = []
         for s_, y_, _ in memory[1]:
             s_, y_ = s_[on], y_[on]
-            sy = float(np.sum(s_ * y_))
+            sy = _dot(s_, y_)
             if sy > 0:
                 pairs.append((s_, y_, 1.0 / sy))
     diagonal = None
