@@ -207,3 +207,50 @@ def test_speed_scaling_matches_package():
         ref = scale_speed(fields, float(mu[b]), layout=layout, sliding_exponent=m)
         np.testing.assert_allclose(np.asarray(gx)[b], ref[..., :6], rtol=1e-6)
         np.testing.assert_allclose(np.asarray(gy)[b], ref[..., 9:], rtol=1e-6)
+
+
+def test_a_model_starts_from_a_widened_export(tmp_path):
+    """``--models "p:filters=4,init=1;w:filters=6,init=W.npz;s:filters=4,prior=2"``: the first model starts
+    from the job's --init export, the second from another export (here the first widened by
+    training/widen.py, so the same function with more filters), the third from random weights
+    with the prior on --init's architecture; a filter count that differs from its export's stops
+    the job."""
+    import runpy
+
+    import export_weights
+    import train_gpu
+
+    from glacier_emulator.emulator import Emulator, ModelMetadata
+    from glacier_emulator.models import GlacierUNet
+
+    model = GlacierUNet(in_channels=6, out_channels=4, filters=4, depth=2, symmetrise="x",
+                        velocity_scale=1.0, prior=PRIOR)
+    Emulator(model, ModelMetadata.from_model(model, name="n")).save(tmp_path / "n.keras")
+    widen = runpy.run_path(str(GPU_DIR.parent / "widen.py"))["main"]
+    widen([str(tmp_path / "n.keras"), str(tmp_path / "w.keras"), "--filters", "6"])
+    export_weights.main([str(tmp_path / "n.keras"), str(tmp_path / "n.npz")])
+    export_weights.main([str(tmp_path / "w.keras"), str(tmp_path / "w.npz")])
+
+    models = train_gpu.parse_models(f"p:filters=4,init=1;w:filters=6,init={tmp_path / 'w.npz'},lr=1e-4;"
+                                    "s:filters=4,prior=2")
+    assert models["w"]["lr"] == 1e-4 and models["s"]["init"] == ""
+    configs, params = train_gpu.start_models(models, str(tmp_path / "n.npz"), seed=0, nz=2)
+    assert (configs["p"]["filters"], configs["w"]["filters"], configs["s"]["filters"]) == (4, 6, 4)
+    assert configs["s"]["prior"]["smoothing"] == 2.0 and configs["s"]["depth"] == 2
+
+    x = np.zeros((1, 13, 18, 6), "float32")
+    x[..., 0] = np.linspace(0, 200, 18)
+    x[..., 1], x[..., 3], x[..., 4], x[..., 5] = 0.05, 0.05, 78.0, 100.0
+    ref = model(x).numpy()
+    for name in ("p", "w"):
+        got = np.asarray(unet_jax.apply(params[name], configs[name], jnp.asarray(x)))
+        np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max())
+    fresh = np.asarray(unet_jax.apply(params["s"], configs["s"], jnp.asarray(x)))
+    assert np.abs(fresh - ref).max() > 1e-3 * np.abs(ref).max()
+
+    with pytest.raises(SystemExit, match="has 6 filters"):
+        train_gpu.start_models(train_gpu.parse_models(f"x:filters=8,init={tmp_path / 'w.npz'}"),
+                               str(tmp_path / "n.npz"), seed=0, nz=2)
+    with pytest.raises(SystemExit, match="no init weights"):
+        train_gpu.start_models(train_gpu.parse_models("x:init=/nonexistent.npz"),
+                               str(tmp_path / "n.npz"), seed=0, nz=2)

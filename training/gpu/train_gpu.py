@@ -167,17 +167,62 @@ def parse_models(text: str) -> dict:
 
     ``prior=S`` (a model trained from scratch) adds the local shallow-ice prior with smoothing S
     cells (``GlacierUNet(prior=...)``, output in units of its scale); ``init=1`` models keep the
-    architecture of the ``--init`` weights, prior included.
+    architecture of the ``--init`` weights, prior included; ``init=FILE.npz`` those of another
+    export (e.g. the shipped model widened by ``training/widen.py``, then exported).
     """
     models = {}
     for part in filter(None, text.split(";")):
         name, _, opts = part.partition(":")
-        spec = dict(filters=16, init=0, lr=1e-3, prior=-1.0)
+        spec = dict(filters=16, init="", lr=1e-3, prior=-1.0)
         for kv in filter(None, opts.split(",")):
             k, _, v = kv.partition("=")
-            spec[k] = type(spec.get(k, 0.0))(float(v)) if k in spec else v
+            if k == "init":
+                spec[k] = "" if v in ("", "0") else v
+            else:
+                spec[k] = type(spec.get(k, 0.0))(float(v)) if k in spec else v
         models[name] = spec
     return models
+
+
+def start_models(models: dict, init: str, seed: int, nz: int) -> tuple:
+    """``(configs, params)`` of the models of :func:`parse_models` at the start of training.
+
+    A model with ``init`` starts from that export's weights and architecture (``"1"``: the
+    ``init`` file of the job); the others from random weights with ``filters`` and, with
+    ``prior``, the local shallow-ice prior, on the architecture of ``init`` where that file
+    exists (else the shipped models' defaults).
+    """
+    base, starts = None, {}
+    if os.path.exists(init):
+        base = unet_jax.load_params(init)[1]
+    for name, spec in models.items():
+        source = init if spec["init"] == "1" else spec["init"]
+        if source and source not in starts:
+            if not os.path.exists(source):
+                raise SystemExit(f"{name}: no init weights {source}")
+            starts[source] = unet_jax.load_params(source)
+        spec["init"] = source
+    if base is None:
+        base = dict(in_channels=6, out_channels=2 * nz, depth=4, kernel_size=3, activation="gelu",
+                    blocks_per_level=2, symmetrise="x", input_scale=[300.0, 0.2, 0.2, 0.1, 100.0, 100.0],
+                    input_offset=[0.0] * 6, velocity_scale=50.0, padding_mode="symmetric")
+    configs, params = {}, {}
+    key = jax.random.PRNGKey(seed)
+    for name, spec in models.items():
+        if spec["init"]:
+            start_params, start_config = starts[spec["init"]]
+            if int(spec["filters"]) != int(start_config["filters"]):
+                raise SystemExit(f"{name}: {spec['init']} has {start_config['filters']} filters")
+            configs[name], params[name] = dict(start_config), start_params
+            continue
+        cfg = dict(base, filters=int(spec["filters"]))
+        if spec["prior"] >= 0:
+            cfg.update(velocity_scale=1.0, prior=dict(
+                local_flow_constants(DEFAULT_PHYSICS), smoothing=float(spec["prior"])))
+        configs[name] = cfg
+        key, sub = jax.random.split(key)
+        params[name] = unet_jax.init_params(cfg, sub)
+    return configs, params
 
 
 def main(argv=None):
@@ -265,28 +310,7 @@ def main(argv=None):
 
     # --- 2. training ---
     models = parse_models(args.models)
-    base = None
-    if os.path.exists(args.init):
-        init_params, base = unet_jax.load_params(args.init)
-    if base is None:
-        base = dict(in_channels=6, out_channels=2 * nz, depth=4, kernel_size=3, activation="gelu",
-                    blocks_per_level=2, symmetrise="x", input_scale=[300.0, 0.2, 0.2, 0.1, 100.0, 100.0],
-                    input_offset=[0.0] * 6, velocity_scale=50.0, padding_mode="symmetric")
-    configs, params = {}, {}
-    key = jax.random.PRNGKey(args.seed)
-    for name, spec in models.items():
-        cfg = dict(base, filters=int(spec["filters"]))
-        if spec["prior"] >= 0 and not spec["init"]:
-            cfg.update(velocity_scale=1.0, prior=dict(
-                local_flow_constants(DEFAULT_PHYSICS), smoothing=float(spec["prior"])))
-        configs[name] = cfg
-        if spec["init"]:
-            if int(spec["filters"]) != int(base["filters"]):
-                raise SystemExit(f"{name}: init weights have {base['filters']} filters")
-            params[name] = init_params
-        else:
-            key, sub = jax.random.split(key)
-            params[name] = unet_jax.init_params(cfg, sub)
+    configs, params = start_models(models, args.init, args.seed, nz)
     xt_d = jnp.asarray(xt)
     yt_d = jnp.asarray(yt)
     xv_d, yv_d = jnp.asarray(xv), jnp.asarray(yv)
