@@ -254,3 +254,50 @@ def test_a_model_starts_from_a_widened_export(tmp_path):
     with pytest.raises(SystemExit, match="no init weights"):
         train_gpu.start_models(train_gpu.parse_models("x:init=/nonexistent.npz"),
                                str(tmp_path / "n.npz"), seed=0, nz=2)
+
+
+def test_packed_samples_are_what_training_reads(glaciers, tmp_path):
+    """pack_samples.py writes the six inputs and the 3-D labels of CPU-labelled files as
+    the GPU job builds its own (train_gpu.inputs_of) and as the files hold them: here two
+    glaciers solved by the reference solver (``label_geometry``, what ``evolved_states.py``
+    writes for each state); --float16 is within its rounding; train_gpu.add_packed appends them
+    and refuses another grid; files of two grid sizes are refused without writing."""
+    import pack_samples
+    import train_gpu
+    import xarray as xr
+
+    from glacier_emulator.learning.dataset import label_geometry
+    from glacier_emulator.numerics.solver import SolverConfig
+
+    folder = tmp_path / "states"
+    folder.mkdir()
+    loose = SolverConfig(tolerance=1e-6)  # the labels' accuracy is not the point
+    for i, g in enumerate(glaciers):
+        assert label_geometry(g, folder / f"sample_{i:05d}.nc", solver_config=loose)
+    assert pack_samples.main([str(folder), "-o", str(tmp_path / "p.npz")]) == 0
+    assert pack_samples.main([str(folder), "-o", str(tmp_path / "h.npz"), "--float16"]) == 0
+    x, y, files = pack_samples.load_packed(tmp_path / "p.npz")
+    assert x.shape == (2, 24, 24, 6) and y.shape == (2, 24, 24, 2 * DEFAULT_VERTICAL.levels)
+    assert [Path(f).name for f in files] == ["sample_00000.nc", "sample_00001.nc"]
+    for i, g in enumerate(glaciers):
+        np.testing.assert_allclose(x[i], train_gpu.inputs_of(g), rtol=1e-6, atol=1e-6)
+        with xr.open_dataset(folder / f"sample_{i:05d}.nc") as ds:
+            ref = np.concatenate([ds["uvel"].values, ds["vvel"].values]).transpose(1, 2, 0)
+        np.testing.assert_allclose(y[i], ref, rtol=1e-6)
+        assert np.abs(y[i]).max() > 1.0
+    xh, yh, _ = pack_samples.load_packed(tmp_path / "h.npz")
+    np.testing.assert_allclose(yh, y, rtol=1e-3, atol=1e-3)
+    assert (tmp_path / "h.npz").stat().st_size < (tmp_path / "p.npz").stat().st_size
+
+    both_x, both_y, facts = train_gpu.add_packed(x[:1], y[:1], [str(tmp_path / "p.npz")])
+    assert both_x.shape[0] == 3 and facts["samples"] == 2
+    np.testing.assert_array_equal(both_y[1:], y)
+    with pytest.raises(SystemExit, match="samples"):
+        train_gpu.add_packed(x[:, :16, :16], y[:, :16, :16], [str(tmp_path / "p.npz")])
+
+    other = tmp_path / "other"
+    other.mkdir()
+    small = sample_geometry(0, seed=8, config=SyntheticConfig(grid=16))
+    assert label_geometry(small, other / "sample_00000.nc", solver_config=loose)
+    assert pack_samples.main([str(folder), str(other), "-o", str(tmp_path / "bad.npz")]) == 1
+    assert not (tmp_path / "bad.npz").exists()

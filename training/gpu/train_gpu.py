@@ -13,6 +13,9 @@ Phases (each with a wall-clock budget, so that the run fits a lease):
    package on all levels), Adam with warm-up and cosine decay over the steps that fit the
    budget; validation (median relative L2 of ubar) on GPU-labelled glaciers of two further seeds
    every ``--validate-every`` steps; the best parameters are written to ``OUT/NAME.npz``.
+   ``--extra-train`` / ``--extra-val`` add samples labelled on the CPU and packed by
+   ``pack_samples.py`` (states of forward runs, which this job does not make), the latter
+   reported apart (``extra_median``).
 
 Everything measured goes to ``OUT/report.json`` and the log to stdout. Exact command of the
 shipped run: ``training/gpu/README.md``.
@@ -184,6 +187,23 @@ def parse_models(text: str) -> dict:
     return models
 
 
+def add_packed(x, y, paths) -> tuple:
+    """``x``, ``y`` with the samples of the packed files ``paths`` (pack_samples.py) appended,
+    and what was added; the grids must be those of ``x``."""
+    from pack_samples import load_packed
+
+    files = []
+    for path in paths:
+        px, py, names = load_packed(path)
+        if x is not None and (px.shape[1:] != x.shape[1:] or py.shape[1:] != y.shape[1:]):
+            raise SystemExit(f"{path}: samples {px.shape[1:]} / {py.shape[1:]}, the job's "
+                             f"{x.shape[1:]} / {y.shape[1:]}")
+        x = px if x is None else np.concatenate([x, px])
+        y = py if y is None else np.concatenate([y, py])
+        files += names
+    return x, y, {"samples": len(files), "packed": list(paths)}
+
+
 def start_models(models: dict, init: str, seed: int, nz: int) -> tuple:
     """``(configs, params)`` of the models of :func:`parse_models` at the start of training.
 
@@ -245,6 +265,10 @@ def main(argv=None):
     p.add_argument("--speed-scaling", default="",
                    help="LOW,HIGH: scale each training glacier's speed by a log-uniform factor in "
                         "this range (TrainConfig.speed_scaling; the shipped CPU recipe: 0.5,2)")
+    p.add_argument("--extra-train", nargs="*", default=[],
+                   help="packed CPU-labelled samples (pack_samples.py) added to the training glaciers")
+    p.add_argument("--extra-val", nargs="*", default=[],
+                   help="packed samples added to the validation glaciers (reported apart as 'extra')")
     p.add_argument("--validate-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -304,7 +328,11 @@ def main(argv=None):
     report["label_train"] = stats
     report["train_glaciers"] = {"standard": sum(s[0] == "standard" for s in kept_t),
                                 "default_physics": sum(s[0] == "default_physics" for s in kept_t)}
-    log("training glaciers", report["train_glaciers"])
+    xt, yt, report["extra_train"] = add_packed(xt, yt, args.extra_train)
+    xv, yv, report["extra_val"] = add_packed(xv, yv, args.extra_val)
+    val_kind = np.concatenate([val_kind, np.full(report["extra_val"]["samples"], 2)])
+    log("training glaciers", report["train_glaciers"], "packed", report["extra_train"]["samples"],
+        "; validation packed", report["extra_val"]["samples"])
     save_report()
     del solvers
 
@@ -367,7 +395,8 @@ def main(argv=None):
             return float(np.percentile(errs[sel], q)) if np.any(sel) else float("nan")
 
         return {"standard_median": stat(val_kind == 0, 50), "standard_p90": stat(val_kind == 0, 90),
-                "default_median": stat(val_kind == 1, 50), "all_median": stat(val_kind >= 0, 50)}
+                "default_median": stat(val_kind == 1, 50), "extra_median": stat(val_kind == 2, 50),
+                "all_median": stat(val_kind >= 0, 50)}
 
     def schedule(name, k, total):
         peak = float(models[name]["lr"])
