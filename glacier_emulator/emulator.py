@@ -903,7 +903,7 @@ class Emulator:
         A 3-D prediction is the starting guess as it is; a depth-averaged one gets the
         shallow-ice vertical profile (:func:`~glacier_emulator.physics.sia.sia_shaped_levels`);
         :meth:`predict_geometry` starts instead from :meth:`refine_initial` (by
-:attr:`refine_from`). The iterations run in single precision. The first call for a grid
+        :attr:`refine_from`). The iterations run in single precision. The first call for a grid
         size compiles the solver's energy (a few seconds); later calls on that grid size (a
         forward run, a dataset) reuse it. Returns the 3-D velocity on this model's levels
         (``velocity`` for 0 iterations).

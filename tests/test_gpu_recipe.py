@@ -101,6 +101,14 @@ PRIOR = dict(smoothing=1.5, rho_g=910 * 9.81e-6, glen_exponent=3.0, sliding_expo
              rate_factor=78.0)
 
 
+def ramp_inputs():
+    """Model inputs (1, 13, 18, 6) of a glacier thickening from 0 to 200 m along x (odd grid)."""
+    x = np.zeros((1, 13, 18, 6), "float32")
+    x[..., 0] = np.linspace(0, 200, 18)
+    x[..., 1], x[..., 3], x[..., 4], x[..., 5] = 0.05, 0.05, 78.0, 100.0
+    return x
+
+
 @pytest.mark.parametrize("prior", [None, PRIOR], ids=["plain", "prior"])
 def test_unet_forward_matches_keras(prior):
     """unet_jax.apply with a GlacierUNet's weights gives the Keras output (odd grid: padding),
@@ -144,9 +152,7 @@ def test_export_of_a_dihedral_model_trains_with_the_x_mirror(tmp_path):
     export_weights.main([str(tmp_path / "d.keras"), str(tmp_path / "d.npz")])
     params, config = unet_jax.load_params(tmp_path / "d.npz")
     assert config["symmetrise"] == "x"
-    x = np.zeros((1, 13, 18, 6), "float32")
-    x[..., 0] = np.linspace(0, 200, 18)
-    x[..., 1], x[..., 3], x[..., 4], x[..., 5] = 0.05, 0.05, 78.0, 100.0
+    x = ramp_inputs()
     ref = model.with_symmetrise("x")(x).numpy()
     got = np.asarray(unet_jax.apply(params, config, jnp.asarray(x)))
     np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max())
@@ -238,9 +244,7 @@ def test_a_model_starts_from_a_widened_export(tmp_path):
     assert (configs["p"]["filters"], configs["w"]["filters"], configs["s"]["filters"]) == (4, 6, 4)
     assert configs["s"]["prior"]["smoothing"] == 2.0 and configs["s"]["depth"] == 2
 
-    x = np.zeros((1, 13, 18, 6), "float32")
-    x[..., 0] = np.linspace(0, 200, 18)
-    x[..., 1], x[..., 3], x[..., 4], x[..., 5] = 0.05, 0.05, 78.0, 100.0
+    x = ramp_inputs()
     ref = model(x).numpy()
     for name in ("p", "w"):
         got = np.asarray(unet_jax.apply(params[name], configs[name], jnp.asarray(x)))

@@ -19,14 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-INPUTS = 6  # thickness, surface slopes x / y, sliding coefficient, rate factor, spacing
-
 
 def pack(paths, output, *, float16: bool = False) -> dict:
     """Write the packed samples of ``paths`` (files and folders) to ``output``; returns facts."""
     from glacier_emulator.constants import DEFAULT_PHYSICS, DEFAULT_VERTICAL
     from glacier_emulator.fields import InputError
-    from glacier_emulator.learning.data import LEVELS_START, check_physics, load_data
+    from glacier_emulator.learning.data import INPUT_FIELDS, LEVELS_START, check_physics, load_data
 
     data = load_data(paths, require_labels=True, labels="levels")
     if not data.layout.has_levels:
@@ -42,7 +40,7 @@ def pack(paths, output, *, float16: bool = False) -> dict:
         raise InputError(f"samples of different grids {sorted(shapes)}: pack each grid size "
                          "on its own (the GPU job stacks them)")
     dtype = np.float16 if float16 else np.float32
-    x = np.stack([s.fields[..., :INPUTS] for s in data.samples]).astype(dtype)
+    x = np.stack([s.fields[..., :len(INPUT_FIELDS)] for s in data.samples]).astype(dtype)
     y = np.stack([s.fields[..., LEVELS_START:] for s in data.samples]).astype(dtype)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(f"{output}.tmp.npz")
