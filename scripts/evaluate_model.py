@@ -454,6 +454,24 @@ def _refine_lines(accuracy):
     return lines + [""]
 
 
+def _kind_lines(rows, extra_rows):
+    """The card's table of ubar's error per glacier type on every held-out set (the table above
+    splits only the first set by type); none without further sets."""
+    sets = [("all", rows)] + list(extra_rows.items())
+    kinds = sorted({r["kind"] for _, group in sets for r in group})
+    if not extra_rows or not kinds:
+        return []
+    lines = ["", "Per glacier type on every held-out set: rel. L2 ubar median / p90 (number of glaciers).",
+             "", "| glaciers | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for name, group in sets:
+        cells = []
+        for kind in kinds:
+            s = summarise([r for r in group if r["kind"] == kind], "rel_l2_ubar")
+            cells.append(f"{s['median']:.3f} / {s['p90']:.3f} ({s['n']})" if s else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_card(args, json_path, accuracy, rows, extra_rows):
     """The model card: the metadata, the held-out tables, then the --notes file."""
     by_kind = defaultdict(list)
@@ -508,6 +526,7 @@ def write_card(args, json_path, accuracy, rows, extra_rows):
               "far the median of another set of glaciers like these could fall. Last column: the "
               "shallow-ice approximation (`glacier_emulator.physics.sia`, local, with Weertman sliding) "
               "on the same glaciers, the cheap baseline an emulator has to beat."]
+    lines += _kind_lines(rows, extra_rows)
     gap = accuracy["energy_gap"]
     lines += ["", f"Energy gap (E_emulator - E_solver)/|E_solver|: median {gap['median']:.4f}, "
               f"p90 {gap['p90']:.4f}." if gap else "",

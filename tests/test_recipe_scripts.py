@@ -241,6 +241,15 @@ def test_evaluate_model_leaves_out_glaciers_outside_the_spacing_range(workdir, m
     assert coarse["outside_spacing_range"] == ["sample_00001.nc"] and coarse["test_files"] == 1
     assert coarse["per_file"][0]["rel_l2_ubar"] == pytest.approx(held["per_file"][0]["rel_l2_ubar"], rel=1e-6)
     assert f"| coarse ({extra}; 1 outside the grid-spacing range left out) | 1 |" in card.read_text()
+    # the per-type table covers every set: the one glacier of "coarse" under its own type
+    kinds = sorted({r["kind"] for r in held["per_file"]})
+    lines = card.read_text().splitlines()
+    header = lines.index("| glaciers | " + " | ".join(kinds) + " |")
+    first = held["per_file"][0]
+    coarse_row = lines[header + 3].split(" | ")
+    assert coarse_row[0] == "| coarse" and len(coarse_row) == len(kinds) + 1
+    e = first["rel_l2_ubar"]
+    assert coarse_row[1 + kinds.index(first["kind"])].rstrip(" |") == f"{e:.3f} / {e:.3f} (1)"
 
 
 def test_distill_labels_writes_the_models_prediction_as_training_labels(workdir, monkeypatch):
