@@ -222,6 +222,39 @@ def test_lbfgs_diagonal_preconditioner_on_a_badly_scaled_quadratic():
     assert ones.nit == plain.nit and np.array_equal(ones.x, plain.x)
 
 
+def test_lbfgs_takes_the_first_evaluation_from_the_caller():
+    """``start``: the value and gradient at x0 the caller has already computed (as ``solve`` does
+    for the preconditioner) are used instead of an evaluation: the same iterates, one evaluation
+    fewer; the result carries the value and gradient at its point."""
+    from glacier_emulator.numerics.solver import lbfgs
+
+    fun, a, exact = _badly_scaled_quadratic()
+    kw = dict(ftol=1e-16, gtol=1e-9, max_iterations=40, history=10, diagonal=1.0 / a)
+    x0 = np.full(a.size, 0.5)
+    own = lbfgs(fun, x0, **kw)
+    given = lbfgs(fun, x0, start=fun(x0), **kw)
+    assert np.array_equal(own.x, given.x) and own.nit == given.nit and given.nfev == own.nfev - 1
+    value, gradient = fun(own.x)
+    assert own.value == value and np.array_equal(own.gradient, gradient)
+
+
+def test_solve_reports_the_energy_and_gradient_of_its_result(valley_solution):
+    """A warm, preconditioned solve stopped early reports the energy of the velocity it returns
+    (the package's energy of that velocity) and the evaluations it made."""
+    from glacier_emulator.fields import Velocity
+
+    g, r = valley_solution
+    vertical = VerticalDiscretisation(levels=5)
+    guess = Velocity.from_levels(0.7 * r.velocity.u, 1.3 * r.velocity.v, r.velocity.zeta)
+    out = solve(g, vertical=vertical, initial=guess, config=SolverConfig(max_iterations=3))
+    assert out.report["preconditioned"] and out.iterations == 3 and out.evaluations >= 4
+    energy = float(blatter_pattyn_energy(
+        tf.constant(out.velocity.u), tf.constant(out.velocity.v), thickness=g.thickness,
+        surface=g.surface, dx=g.dx, dy=g.dy, vertical=vertical))
+    assert out.energy == pytest.approx(energy, rel=1e-7)  # an iteration changes it by far more
+    assert out.gradient_norm > 0 and np.isfinite(out.gradient_norm)
+
+
 def test_preconditioned_warm_start_reaches_the_same_solution(valley_solution):
     """From a guess 30 % off (a warm start, as ``refine`` and the multilevel start are), the
     preconditioned solve converges to the solution of the plain one, and is reported as such;

@@ -135,6 +135,8 @@ class _Minimum:
     success: bool
     message: str
     pairs: list = field(default_factory=list)
+    value: float = float("nan")
+    gradient: Optional[np.ndarray] = None
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -144,7 +146,7 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def lbfgs(fun, x0: np.ndarray, *, ftol: float, gtol: float, max_iterations: int, history: int,
-          callback=None, pairs=None, diagonal: Optional[np.ndarray] = None) -> _Minimum:
+          callback=None, pairs=None, diagonal: Optional[np.ndarray] = None, start=None) -> _Minimum:
     """Minimise ``fun`` (returning value and gradient) by L-BFGS with a backtracking line search.
 
     The two-loop recursion costs O(history * n) per iteration (SciPy's L-BFGS-B, built for
@@ -159,6 +161,9 @@ def lbfgs(fun, x0: np.ndarray, *, ftol: float, gtol: float, max_iterations: int,
     factor): the initial inverse Hessian of the recursion is D scaled by s.y / (y.D.y) instead of
     the identity scaled by s.y / y.y, and a step without pairs goes along -D g. The same as
     L-BFGS on the unknowns divided by sqrt(D), with the stopping rule on the original gradient.
+
+    ``start``: ``fun(x0)`` (value, gradient) when the caller has it already (it is not evaluated
+    again, nor counted). The result carries the value and gradient at its ``x``.
     """
     x = np.asarray(x0, dtype=np.float64).copy()
     diag = np.ones_like(x) if diagonal is None else np.asarray(diagonal, np.float64).ravel()
@@ -167,12 +172,20 @@ def lbfgs(fun, x0: np.ndarray, *, ftol: float, gtol: float, max_iterations: int,
         d = -diag * g
         return d / max(1.0, np.sqrt(-_dot(g, d)))
 
-    f, g = fun(x)
-    nfev = 1
+    if start is None:
+        f, g = fun(x)
+        nfev = 1
+    else:
+        f, g = float(start[0]), np.asarray(start[1], np.float64)
+        nfev = 0
+
+    def minimum(nit, success, message):
+        return _Minimum(x, nit, nfev, success, message, pairs, f, g)
+
     pairs = list(pairs or [])[-history:]  # (s, y, 1 / s.y)
     for k in range(1, max_iterations + 1):
         if np.max(np.abs(g)) <= gtol:
-            return _Minimum(x, k - 1, nfev, True, "gradient below tolerance", pairs)
+            return minimum(k - 1, True, "gradient below tolerance")
         # two-loop recursion: d = -H g
         q = -g
         alphas = []
@@ -206,7 +219,7 @@ def lbfgs(fun, x0: np.ndarray, *, ftol: float, gtol: float, max_iterations: int,
             t_q = -gd * t * t / denom if np.isfinite(f_new) and denom > 0 else 0.5 * t
             t = float(np.clip(t_q, 0.1 * t, 0.5 * t))
         else:
-            return _Minimum(x, k, nfev, False, "line search failed", pairs)
+            return minimum(k, False, "line search failed")
         s_vec = x_new - x
         y_vec = g_new - g
         sy = _dot(s_vec, y_vec)
@@ -219,8 +232,8 @@ def lbfgs(fun, x0: np.ndarray, *, ftol: float, gtol: float, max_iterations: int,
         if callback is not None:
             callback(k)
         if decrease <= ftol:
-            return _Minimum(x, k, nfev, True, "relative energy change below tolerance", pairs)
-    return _Minimum(x, max_iterations, nfev, False, "iteration limit reached", pairs)
+            return minimum(k, True, "relative energy change below tolerance")
+    return minimum(max_iterations, False, "iteration limit reached")
 
 
 def hessian_diagonal(fun, x: np.ndarray, free: np.ndarray, *, probes: int = 2, step: float = 1e-6,
@@ -493,21 +506,26 @@ def solve(
             sy = _dot(s_, y_)
             if sy > 0:
                 pairs.append((s_, y_, 1.0 / sy))
-    diagonal = None
+    diagonal = start = None
     if config.diagonal_probes and np.any(x0):
         # estimated anew at every start, also with memory: in the example's forward run with
         # `refine` a diagonal carried over from the previous step was worse (notes, 21st session)
         # a step of 1e-6 of the scaled unknowns (O(1)); single precision needs a longer one
         step = 1e-6 if config.dtype == "float64" else 1e-4
+        e0, g0 = fun(x0)  # serves the estimate and the minimisation's first iteration
+        start = (e0, g0[on])
         diagonal = diagonal_preconditioner(
-            hessian_diagonal(fun, x0, free, probes=config.diagonal_probes, step=step), free).ravel()[on]
+            hessian_diagonal(fun, x0, free, probes=config.diagonal_probes, step=step, gradient=g0),
+            free).ravel()[on]
     res = lbfgs(fun_free, x0[on], ftol=config.tolerance, gtol=config.gradient_tolerance,
                 max_iterations=int(config.max_iterations), history=int(config.history),
-                callback=callback, pairs=pairs, diagonal=diagonal)
+                callback=callback, pairs=pairs, diagonal=diagonal, start=start)
+    res.nfev += start is not None
     res.x = expand(res.x)
     res.pairs = [(expand(s_), expand(y_), rho) for s_, y_, rho in res.pairs]
-    e, g = fun(res.x)
-    gnorm = float(np.max(np.abs(g)))
+    # the value and gradient at the result, from the minimisation (the fixed unknowns' gradient
+    # is zero: the energy sees them through the mask only)
+    e, gnorm = res.value, float(np.max(np.abs(res.gradient), initial=0.0))
     u, v = to_levels(res.x)
     vel = Velocity.from_levels(u, v, zeta)
     message = res.message
