@@ -178,11 +178,12 @@ def lbfgs(fun, x0: np.ndarray, *, ftol: float, gtol: float, max_iterations: int,
     else:
         f, g = float(start[0]), np.asarray(start[1], np.float64)
         nfev = 0
+    pairs = list(pairs or [])[-history:]  # (s, y, 1 / s.y)
 
     def minimum(nit, success, message):
+        """The result at the current iterate (x, f, g, pairs as they are when called)."""
         return _Minimum(x, nit, nfev, success, message, pairs, f, g)
 
-    pairs = list(pairs or [])[-history:]  # (s, y, 1 / s.y)
     for k in range(1, max_iterations + 1):
         if np.max(np.abs(g)) <= gtol:
             return minimum(k - 1, True, "gradient below tolerance")
@@ -520,7 +521,8 @@ def solve(
     res = lbfgs(fun_free, x0[on], ftol=config.tolerance, gtol=config.gradient_tolerance,
                 max_iterations=int(config.max_iterations), history=int(config.history),
                 callback=callback, pairs=pairs, diagonal=diagonal, start=start)
-    res.nfev += start is not None
+    if start is not None:
+        res.nfev += 1  # the start, evaluated above
     res.x = expand(res.x)
     res.pairs = [(expand(s_), expand(y_), rho) for s_, y_, rho in res.pairs]
     # the value and gradient at the result, from the minimisation (the fixed unknowns' gradient
