@@ -173,6 +173,9 @@ def test_models_command_lists_them(capsys):
     for entry in MODELS:
         if entry.get("levels_model"):
             assert f"(--refine: from the levels of {entry['levels_model']})" in lines[entry["name"]]
+        # beside the main held-out set's error, the default-physics set's, as the card has it
+        default = entry["accuracy"]["held_out"]["extra"]["default-physics"]["rel_l2_ubar"]["median"]
+        assert f"({default:.3f} median on the default physics)" in lines[entry["name"]]
 
 
 FORWARD = [m["name"] for m in MODELS if m.get("forward_runs", True)]
