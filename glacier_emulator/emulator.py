@@ -426,15 +426,24 @@ def uncompiled_copy(model: keras.Model) -> keras.Model:
     return fresh
 
 
-def held_out_ubar_error(accuracy: Optional[Mapping], refine: int = 0) -> dict:
+DEFAULT_PHYSICS_SET = "default-physics"
+"""The name of the held-out set of the package's default physics in the model cards (training/README.md's
+evaluation commands); the main set (``"test"``) varies the sliding coefficient and rate factor."""
+
+
+def held_out_ubar_error(accuracy: Optional[Mapping], refine: int = 0, test_set: str = "test") -> dict:
     """The model card's headline: ``{"median", "p90", "n"}`` of the relative L2 error of ubar on
     held-out glaciers against the solver (``accuracy["held_out"]["rel_l2_ubar"]``, written by
     ``scripts/evaluate_model.py``), or ``{}`` when the model was not evaluated so. With
     ``refine=N``: the same for the prediction refined by N solver iterations (the card's refine
-    row of its main test set, ``evaluate_model.py --refine N``), ``{}`` if N was not measured."""
+    row, ``evaluate_model.py --refine N``), ``{}`` if N was not measured. ``test_set``: the main
+    set (``"test"``) or the name of a further one (``--extra-test``, e.g.
+    :data:`DEFAULT_PHYSICS_SET`); ``{}`` if it was not measured."""
     held = (accuracy or {}).get("held_out") or {}
     if refine:
-        held = ((held.get("refine") or {}).get(str(refine)) or {}).get("test") or {}
+        held = ((held.get("refine") or {}).get(str(refine)) or {}).get(test_set) or {}
+    elif test_set != "test":
+        held = (held.get("extra") or {}).get(test_set) or {}
     return dict(held.get("rel_l2_ubar") or {})
 
 

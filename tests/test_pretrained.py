@@ -178,6 +178,24 @@ def test_models_command_lists_them(capsys):
         assert f"({default:.3f} median on the default physics)" in lines[entry["name"]]
 
 
+def test_run_names_the_held_out_errors_of_the_default():
+    """`run` says which emulator it uses with its card's held-out errors: the main set's and the
+    default-physics set's, of the network alone and, with --refine N, of the refined prediction."""
+    from glacier_emulator.cli.run import _accuracy_note
+    from glacier_emulator.emulator import Emulator
+
+    emulator = Emulator.pretrained()
+    held = emulator.metadata.accuracy["held_out"]
+    main_set, default = held["rel_l2_ubar"]["median"], held["extra"]["default-physics"]["rel_l2_ubar"]["median"]
+    assert _accuracy_note(emulator) == (
+        f" (held-out relative error of ubar {main_set:.3f}, median; {default:.3f} on the default physics)")
+    refined = held["refine"]["10"]
+    note = _accuracy_note(emulator.with_refine(10))
+    assert f"with refine 10: {refined['test']['rel_l2_ubar']['median']:.3f}, median; " in note
+    assert f"{refined['default-physics']['rel_l2_ubar']['median']:.3f} on the default physics" in note
+    assert _accuracy_note(emulator.with_refine(7)) == ""  # not measured: nothing claimed
+
+
 FORWARD = [m["name"] for m in MODELS if m.get("forward_runs", True)]
 
 

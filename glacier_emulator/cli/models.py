@@ -16,19 +16,15 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-DEFAULT_PHYSICS_SET = "default-physics"  # the name of that held-out set in training/README.md's commands
-
-
 def _accuracy(entry: dict) -> str:
-    from ..emulator import held_out_ubar_error
+    from ..emulator import DEFAULT_PHYSICS_SET, held_out_ubar_error
 
     held = held_out_ubar_error(entry.get("accuracy"))
     if "median" in held:  # the model card's number: held-out glaciers against the solver
         text = f"held-out rel. L2 of ubar {held['median']:.3f} median, {held.get('p90', float('nan')):.3f} p90"
         # the card's default-physics set, where one was measured (what a run without sliding or
         # rate-factor fields sees; the main set varies both)
-        extra = ((entry.get("accuracy") or {}).get("held_out") or {}).get("extra") or {}
-        default = (extra.get(DEFAULT_PHYSICS_SET) or {}).get("rel_l2_ubar") or {}
+        default = held_out_ubar_error(entry.get("accuracy"), test_set=DEFAULT_PHYSICS_SET)
         if "median" in default:
             text += f" ({default['median']:.3f} median on the default physics)"
         return text

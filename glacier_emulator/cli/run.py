@@ -188,15 +188,19 @@ def resolve_smb(config, geometry, *, note):
 
 
 def _accuracy_note(emulator) -> str:
-    from ..emulator import held_out_ubar_error
+    """The model card's held-out error of ubar, and the default-physics set's where measured."""
+    from ..emulator import DEFAULT_PHYSICS_SET, held_out_ubar_error
 
-    err = held_out_ubar_error(emulator.metadata.accuracy, emulator.refine).get("median")
+    accuracy, refine = emulator.metadata.accuracy, emulator.refine
+    err = held_out_ubar_error(accuracy, refine).get("median")
     if err is None:
         return ""
-    if emulator.refine:
+    default = held_out_ubar_error(accuracy, refine, test_set=DEFAULT_PHYSICS_SET).get("median")
+    also = "" if default is None else f"; {default:.3f} on the default physics"
+    if refine:
         return (f" (held-out relative error of ubar of a single prediction with refine "
-                f"{emulator.refine}: {err:.3f}, median)")
-    return f" (held-out relative error of ubar {err:.2f}, median)"
+                f"{refine}: {err:.3f}, median{also})")
+    return f" (held-out relative error of ubar {err:.3f}, median{also})"
 
 
 def resolve_provider(config, physics, args, *, note):
