@@ -85,9 +85,9 @@ class ExtentErrors:
 
 
 EXAMPLE_EXTENT_ERRORS = ExtentErrors(
-    model="ubar-prior 1.8.0",
-    rel_l2_ubar=((200.0, 0.022), (100.0, 0.050), (50.0, 0.249)),
-    coarsen_auto_at_50m=0.028,
+    model="ubar-prior 2.0.0",
+    rel_l2_ubar=((200.0, 0.025), (100.0, 0.045), (50.0, 0.231)),
+    coarsen_auto_at_50m=0.030,
 )
 """How the default model's error grows with the ice's extent in cells (:data:`WIDE_ICE_CELLS`):
 the bundled example glacier spans 39, 79 and 160 cells at 200, 100 and 50 m. Quoted by the

@@ -209,6 +209,9 @@ def test_model_card_names_the_recipe_of_the_models_version(tmp_path):
     assert recipe_file("velocity3d-prior", "1.8.0-evo96b", "1.8.0") \
         == "training/configs/velocity3d-prior-evo96b.yaml"
     assert recipe_file("velocity3d-prior", "1.8.0-evo96") == "training/configs/velocity3d-prior-evo96.yaml"
+    # the shipped 2.0.0, trained as 2.0.0-wide24b from 1.8 widened
+    assert recipe_file("velocity3d-prior", "2.0.0-wide24b", "2.0.0") \
+        == "training/configs/velocity3d-prior-wide24b.yaml"
     (tmp_path / "stage9.yaml").write_text("name: velocity3d-prior\nversion: 9.0.0\n")
     (tmp_path / "other.yaml").write_text("name: another\nversion: 9.0.0\n")
     assert recipe_file("velocity3d-prior", "9.0.0", configs=tmp_path) == "training/configs/stage9.yaml"
