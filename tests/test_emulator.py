@@ -127,6 +127,47 @@ def test_model_file_has_no_optimizer_state(tmp_path):
     np.testing.assert_array_equal(Emulator.load(clean).tf_velocity(x).numpy(), em.tf_velocity(x).numpy())
 
 
+def test_float16_storage_halves_the_file_and_keeps_the_prediction(tiny_levels, tmp_path):
+    """float16 storage: the large kernels half precision, the small arrays (biases, the 1 x 1
+    velocity head) float32; a smaller file whose prediction differs by the rounding alone (not
+    zero, far below 1e-2); its metadata says so, and saving it again keeps it bit for bit. The
+    depth-averaged model made from it still passes the check that it is that model's contraction."""
+    from glacier_emulator.io.weights import FLOAT16_MIN_SIZE, store_weights, stored_dtypes
+
+    full = tiny_levels.save(tmp_path / "f32.keras")
+    half = tiny_levels.save(tmp_path / "f16.keras", weights_dtype="float16")
+    assert sorted(os.listdir(tmp_path)) == ["f16.json", "f16.keras", "f32.json", "f32.keras"]
+    f32, f16 = stored_dtypes(full), stored_dtypes(half)
+    assert set(f32) == {"float32"} and f16["float16"] > f16["float32"] > 0
+    assert sum(f16.values()) == sum(f32.values()) == tiny_levels.model.count_params()
+    assert half.stat().st_size < 0.85 * full.stat().st_size
+    shapes = [w.shape for w in tiny_levels.model.weights if np.prod(w.shape) >= FLOAT16_MIN_SIZE]
+    assert f16["float16"] == sum(int(np.prod(s)) for s in shapes)
+    loaded = Emulator.load(half)
+    assert loaded.metadata.weights_dtype == "float16" and tiny_levels.metadata.weights_dtype == "float32"
+    assert all(w.dtype == "float32" for w in loaded.model.weights)
+    g = glacier(n=21, ny=19, slope=0.15)
+    v32, v16 = tiny_levels.predict_geometry(g), loaded.predict_geometry(g)
+    difference = relative_l2(np.stack([v16.ubar, v16.vbar]), np.stack([v32.ubar, v32.vbar]))
+    assert 0 < difference < 1e-2
+    again = loaded.save(tmp_path / "again.keras")  # the loaded storage by default
+    assert stored_dtypes(again) == f16
+    np.testing.assert_array_equal(Emulator.load(again).predict_geometry(g).u, v16.u)
+    flat = loaded.depth_averaged(name="f16-ubar", levels_model="f16")
+    flat.save(tmp_path / "f16-ubar.keras")
+    flat = Emulator.load(tmp_path / "f16-ubar.keras")
+    assert flat.metadata.weights_dtype == "float16" and flat.levels_source() is not None
+    np.testing.assert_allclose(flat.predict_geometry(g).ubar, v16.ubar, atol=1e-5 * np.abs(v16.ubar).max())
+    store_weights(again, "float32")  # back to float32: the size, not the rounding
+    assert set(stored_dtypes(again)) == {"float32"}
+    np.testing.assert_array_equal(Emulator.load(again).predict_geometry(g).u, v16.u)
+    with pytest.raises(ValueError, match="weights_dtype"):
+        ModelMetadata.from_model(tiny_levels.model, name="x", weights_dtype="bfloat16")
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="broken.keras: not a .keras archive"):
+        store_weights(tmp_path / "broken.keras")
+
+
 def test_fresh_process_gives_identical_output(tiny, saved, tmp_path):
     g = glacier(n=37, ny=29)
     np.save(tmp_path / "thickness.npy", g.thickness)

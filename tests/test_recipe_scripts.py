@@ -80,6 +80,39 @@ def test_set_symmetrise_writes_the_same_weights_with_the_new_mode(workdir, monke
     np.testing.assert_allclose(a.u, b.u, rtol=1e-6, atol=1e-6)
 
 
+def test_set_symmetrise_can_store_the_weights_as_float16(workdir, monkeypatch):
+    run_script(ROOT / "training" / "set_symmetrise.py",
+               [workdir / "tiny3d.keras", workdir / "tiny3d-f16.keras", "--symmetrise", "x",
+                "--weights-dtype", "float16"], monkeypatch)
+    source, out = Emulator.load(workdir / "tiny3d.keras"), Emulator.load(workdir / "tiny3d-f16.keras")
+    assert source.metadata.weights_dtype == "float32" and out.metadata.weights_dtype == "float16"
+    assert (workdir / "tiny3d-f16.keras").stat().st_size < (workdir / "tiny3d.keras").stat().st_size
+    geometry = read_geometry(workdir / "test" / "sample_00000.nc")
+    a, b = out.predict_geometry(geometry), source.predict_geometry(geometry)
+    assert 0 < relative_l2(a.u, b.u) < 1e-2
+
+
+def test_weights_precision_measures_the_float16_difference(workdir, monkeypatch):
+    """scripts/weights_precision.py: the difference of the stored model's prediction from the
+    float32 one, as a direct computation gives it, and both models' errors against the labels."""
+    source = Emulator.load(workdir / "tiny3d.keras")
+    source.save(workdir / "precision-f16.keras", weights_dtype="float16")
+    out = workdir / "precision.json"
+    run_script(ROOT / "scripts" / "weights_precision.py",
+               [workdir / "tiny3d.keras", workdir / "precision-f16.keras", "--set",
+                f"caps={workdir / 'test'}", "--json", out], monkeypatch)
+    caps = json.loads(out.read_text())["caps"]
+    stored = Emulator.load(workdir / "precision-f16.keras")
+    direct = []
+    for path in sorted((workdir / "test").glob("*.nc")):
+        g = read_geometry(path)
+        a, b = source.predict_geometry(g), stored.predict_geometry(g)
+        direct.append(relative_l2(np.stack([b.ubar, b.vbar]), np.stack([a.ubar, a.vbar]), g.thickness > 0))
+    assert caps["n"] == 2 and [r["difference"] for r in caps["per_file"]] == pytest.approx(direct, rel=1e-4)
+    assert 0 < caps["difference_max"] < 1e-2
+    assert caps["error_stored_median"] == pytest.approx(caps["error_reference_median"], rel=1e-2)
+
+
 def test_set_spacing_range_widens_the_range_and_keeps_the_weights(workdir, monkeypatch):
     source = Emulator.load(workdir / "tiny3d.keras")
     narrow = Emulator(source.model, ModelMetadata.from_model(

@@ -6,8 +6,10 @@
 
 Writes OUT.keras and OUT.json: the same network with its output layer contracted by the
 depth-average weights of the levels, so its (ubar, vbar) equal the 3-D model's depth average to
-float32 round-off. The metadata keeps the 3-D model's training record and accuracy; the held-out
-evaluation (scripts/evaluate_model.py) is run on the result as on any model.
+float32 round-off; it stores its weights as the source does (float16 for the shipped models:
+the velocity head, which the contraction changes, stays float32). The metadata keeps the 3-D
+model's training record and accuracy; the held-out evaluation (scripts/evaluate_model.py) is run
+on the result as on any model.
 """
 from __future__ import annotations
 
