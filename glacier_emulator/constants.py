@@ -85,7 +85,7 @@ class ExtentErrors:
 
 
 EXAMPLE_EXTENT_ERRORS = ExtentErrors(
-    model="ubar-prior 2.0.0",
+    model="ubar-prior 2.0.1",
     rel_l2_ubar=((200.0, 0.025), (100.0, 0.045), (50.0, 0.231)),
     coarsen_auto_at_50m=0.030,
 )

@@ -156,7 +156,7 @@ def recipe_file(name: str, *versions: str, configs: Path = ROOT / "training" / "
 def _storage_note(md: dict, json_path: Path) -> str:
     """The card's sentence on the weights file: its size and storage dtype."""
     model_path = json_path.with_suffix(".keras")
-    size = f"{model_path.stat().st_size / 2**20:.1f} MB" if model_path.is_file() else "size unknown"
+    size = f"{model_path.stat().st_size / 1e6:.2f} MB" if model_path.is_file() else "size unknown"
     if md.get("weights_dtype", "float32") == "float16":
         return (f"Weights file: {size}, the kernels of {FLOAT16_MIN_SIZE} values or more stored as "
                 "float16, the rest float32 (`glacier_emulator.io.weights`); the network computes in "
