@@ -31,6 +31,8 @@ from glacier_emulator.learning.data import (
     make_dataset_fn,
     scale_speed,
     transform,
+    wide_element,
+    wide_pool,
 )
 from glacier_emulator.learning.losses import label_levels, make_energy_fn, shape_function
 from glacier_emulator.learning.train import TrainConfig, prior_arguments, train
@@ -242,6 +244,67 @@ def test_stream_is_a_function_of_seed_and_step(dataset):
     full = make_dataset_fn(data, global_batch_size=2, stream=stream, steps=4)()
     late = make_dataset_fn(data, global_batch_size=2, stream=stream, start_step=3, steps=4)()
     np.testing.assert_array_equal(list(full)[3][0].numpy(), list(late)[0][0].numpy())
+
+
+def _cut_file(src, dst, n: int):
+    """Write the first ``n`` x ``n`` nodes of the glacier of ``src`` (a smaller labelled grid)."""
+    xr.open_dataset(src).load().isel(x=slice(0, n), y=slice(0, n)).to_netcdf(dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def mixed_grids(dataset, tmp_path_factory):
+    """The four 16 x 16 training ice caps and a 12 x 12 cut of one of them."""
+    root = tmp_path_factory.mktemp("mixed")
+    for f in sorted((dataset / "train").glob("*.nc")):
+        (root / f.name).symlink_to(f)
+    _cut_file(dataset / "train" / "sample_00002.nc", root / "small_00002.nc", 12)
+    return root
+
+
+def test_wide_steps_draw_larger_crops_of_the_glaciers_that_hold_them(mixed_grids):
+    """Every ``wide_every``-th step's batch is of wide crops, taken only from the grids that
+    hold them (a 16-node crop of the 12 x 12 grid would fail), deterministically by step."""
+    data = load_data([mixed_grids])
+    small = [i for i, s in enumerate(data.samples) if s.shape == (12, 12)]
+    assert len(small) == 1 and len(data.samples) == 5
+    assert wide_pool(data, (16, 16)) == tuple(i for i in range(5) if i not in small)
+    stream = StreamConfig(crop=(8, 8), seed=3, wide_crop=(16, 16), wide_every=3)
+    for index in range(40):  # two passes over the pool and more: never the small grid
+        fields, spacing = wide_element(data, index, stream)
+        assert fields.shape == (16, 16, data.layout.channels)
+    np.testing.assert_array_equal(wide_element(data, 5, stream)[0], wide_element(data, 5, stream)[0])
+    assert [stream.is_wide_step(s) for s in range(6)] == [False, False, True, False, False, True]
+    full = [b[0].numpy() for b in make_dataset_fn(data, global_batch_size=2, stream=stream, steps=6)()]
+    assert [b.shape[1:3] for b in full] == [(8, 8), (8, 8), (16, 16)] * 2
+    # the ordinary steps are those of a stream without wide steps
+    plain = [b[0].numpy() for b in make_dataset_fn(
+        data, global_batch_size=2, stream=StreamConfig(crop=(8, 8), seed=3), steps=6)()]
+    for step in (0, 1, 3, 4):
+        np.testing.assert_array_equal(full[step], plain[step])
+    # the wide batch of step 5 is wide elements 2 and 3; a resumed stream yields the same
+    np.testing.assert_array_equal(full[5][1], wide_element(data, 3, stream)[0])
+    late = [b[0].numpy() for b in make_dataset_fn(data, global_batch_size=2, stream=stream,
+                                                  start_step=4, steps=6)()]
+    np.testing.assert_array_equal(late[1], full[5])
+    with pytest.raises(ValueError, match="wide_every"):
+        make_dataset_fn(data, global_batch_size=2, stream=StreamConfig(crop=(8, 8), wide_crop=(16, 16),
+                                                                       wide_every=1))
+
+
+def test_training_with_wide_steps(mixed_grids, dataset, tmp_path):
+    config = tiny_config(steps=4, crop_size=8, wide_crop_size=16, wide_every=2, validate_every=4)
+    result = train([mixed_grids], tmp_path / "w.keras", config, validation=[dataset / "validation"])
+    assert np.isfinite(result["final"]["relative_l2_ubar"])
+    meta = json.loads((tmp_path / "w.json").read_text())["training_data"]
+    assert meta["crop"] == [8, 8] and meta["wide_crop"] == [16, 16]
+    assert meta["wide_every"] == 2 and meta["wide_count"] == 4
+    with pytest.raises(InputError, match="wide crop 20 x 20"):
+        train([mixed_grids], tmp_path / "x.keras", tiny_config(crop_size=8, wide_crop_size=20))
+    with pytest.raises(ValueError, match="larger than the crop"):
+        train([mixed_grids], tmp_path / "x.keras", tiny_config(crop_size=12, wide_crop_size=[16, 8]))
+    with pytest.raises(ValueError, match="wide_every"):
+        TrainConfig(wide_every=1)
 
 
 def test_shape_function_has_unit_depth_average():

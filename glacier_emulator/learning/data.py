@@ -593,6 +593,11 @@ class StreamConfig:
         speed_scaling: ``(low, high)``: scale each element's speed by a log-uniform random factor
             in this range (:func:`scale_speed`); None: off.
         sliding_exponent: m of the Weertman law the labels obey (for ``speed_scaling``).
+        wide_crop: ``(cy, cx)`` or None: every ``wide_every``-th step draws its whole batch as
+            crops of this (larger) size from the samples whose grid holds it
+            (:func:`wide_element`), so that a network trained mostly on small crops also learns
+            from glaciers seen whole or nearly so. None: every step as :func:`element`.
+        wide_every: the period of those steps (steps ``wide_every - 1``, ``2 wide_every - 1``, ...).
     """
 
     crop: Tuple[int, int]
@@ -601,6 +606,12 @@ class StreamConfig:
     seed: int = 0
     speed_scaling: Optional[Tuple[float, float]] = None
     sliding_exponent: float = DEFAULT_PHYSICS.sliding_exponent
+    wide_crop: Optional[Tuple[int, int]] = None
+    wide_every: int = 4
+
+    def is_wide_step(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (0-based) draws a batch of wide crops."""
+        return self.wide_crop is not None and (int(step) + 1) % int(self.wide_every) == 0
 
 
 def element(data: TrainingData, index: int, config: StreamConfig) -> Tuple[np.ndarray, np.ndarray]:
@@ -614,7 +625,37 @@ def element(data: TrainingData, index: int, config: StreamConfig) -> Tuple[np.nd
     epoch, position = divmod(int(index), n)
     sample = data.samples[int(_permutation(n, config.seed, epoch)[position])]
     rng = np.random.default_rng([int(config.seed), 1, int(index)])
-    cy, cx = config.crop
+    return _crop_and_augment(data, sample, rng, config.crop, config)
+
+
+def wide_pool(data: TrainingData, crop: Tuple[int, int]) -> Tuple[int, ...]:
+    """The indices of the samples whose grid holds a ``crop`` (ny >= cy and nx >= cx)."""
+    return tuple(i for i, s in enumerate(data.samples)
+                 if s.shape[0] >= crop[0] and s.shape[1] >= crop[1])
+
+
+def wide_element(data: TrainingData, index: int, config: StreamConfig,
+                 pool: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Element ``index`` of the stream of wide crops (``config.wide_crop``), as :func:`element`
+    but over the samples of :func:`wide_pool` (``pool``, if computed already), with its own
+    seeded permutations and random numbers."""
+    if config.wide_crop is None:
+        raise ValueError("wide_element needs config.wide_crop")
+    pool = wide_pool(data, config.wide_crop) if pool is None else tuple(pool)
+    if not pool:
+        raise ValueError(f"no sample's grid holds the wide crop {config.wide_crop}")
+    n = len(pool)
+    epoch, position = divmod(int(index), n)
+    order = np.random.default_rng([int(config.seed), 2, int(epoch)]).permutation(n)
+    sample = data.samples[pool[int(order[position])]]
+    rng = np.random.default_rng([int(config.seed), 3, int(index)])
+    return _crop_and_augment(data, sample, rng, config.wide_crop, config)
+
+
+def _crop_and_augment(data: TrainingData, sample, rng, crop: Tuple[int, int],
+                      config: StreamConfig) -> Tuple[np.ndarray, np.ndarray]:
+    """A random ``crop`` of ``sample``, mirrored, rotated and speed-scaled by ``rng``."""
+    cy, cx = crop
     ny, nx = sample.shape
     y0 = int(rng.integers(0, ny - cy + 1))
     x0 = int(rng.integers(0, nx - cx + 1))
@@ -663,6 +704,32 @@ def resolve_crop(data: TrainingData, crop_size) -> Tuple[int, int]:
     return crop
 
 
+def resolve_wide_crop(data: TrainingData, wide_crop_size, crop: Tuple[int, int]):
+    """The wide crop ``(cy, cx)`` of ``wide_crop_size`` (None: None) and the number of samples
+    whose grid holds it.
+
+    Raises:
+        ValueError: the wide crop is smaller than ``crop`` in a direction, or the same.
+        InputError: no training sample's grid holds it.
+    """
+    if wide_crop_size is None:
+        return None, 0
+    if isinstance(wide_crop_size, (int, np.integer)):
+        wide = (int(wide_crop_size), int(wide_crop_size))
+    else:
+        wide = tuple(int(c) for c in wide_crop_size)
+        if len(wide) != 2:
+            raise ValueError(f"wide_crop_size must be an int or [ny, nx]. Received: {wide_crop_size!r}")
+    if wide[0] < crop[0] or wide[1] < crop[1] or wide == tuple(crop):
+        raise ValueError(f"wide_crop_size {list(wide)} must be larger than the crop {list(crop)}")
+    count = len(wide_pool(data, wide))
+    if not count:
+        raise InputError(f"no training glacier's grid holds the wide crop {wide[0]} x {wide[1]} "
+                         f"(the largest grid is {max(s.shape for s in data.samples)}); lower "
+                         "wide_crop_size")
+    return wide, count
+
+
 def make_dataset_fn(
     data: TrainingData,
     *,
@@ -676,7 +743,9 @@ def make_dataset_fn(
     Each input pipeline (worker) yields, per step, its share of the global batch (the elements
     ``step * global_batch_size + j``), batched per replica, from ``start_step`` up to ``steps``
     (or forever). With one pipeline and R replicas, the R consecutive per-replica batches of a step
-    make up exactly the global batch.
+    make up exactly the global batch. The wide steps of ``stream`` (:meth:`StreamConfig.is_wide_step`)
+    yield the wide elements ``(step // wide_every) * global_batch_size + j`` instead; a batch
+    then has the wide crop's shape (the dataset's spatial shape is left unknown).
     """
     import tensorflow as tf
 
@@ -684,6 +753,14 @@ def make_dataset_fn(
         raise ValueError(f"global_batch_size must be >= 1. Received: {global_batch_size!r}")
     n_fields = data.layout.channels
     cy, cx = stream.crop
+    pool = None
+    if stream.wide_crop is not None:
+        if int(stream.wide_every) < 2:
+            raise ValueError(f"wide_every must be >= 2. Received: {stream.wide_every!r}")
+        pool = wide_pool(data, stream.wide_crop)
+        if not pool:
+            raise ValueError(f"no sample's grid holds the wide crop {stream.wide_crop}")
+        cy = cx = None  # batches of two shapes
 
     def dataset_fn(context=None):
         pipelines = 1 if context is None else context.num_input_pipelines
@@ -698,9 +775,14 @@ def make_dataset_fn(
         def generator() -> Iterator:
             step = int(start_step)
             while steps is None or step < steps:
-                base = step * global_batch_size + pipeline * share
-                for j in range(share):
-                    yield element(data, base + j, stream)
+                if stream.is_wide_step(step):
+                    base = (step // stream.wide_every) * global_batch_size + pipeline * share
+                    for j in range(share):
+                        yield wide_element(data, base + j, stream, pool)
+                else:
+                    base = step * global_batch_size + pipeline * share
+                    for j in range(share):
+                        yield element(data, base + j, stream)
                 step += 1
 
         ds = tf.data.Dataset.from_generator(

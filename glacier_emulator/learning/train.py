@@ -53,6 +53,7 @@ from .data import (
     load_data,
     make_dataset_fn,
     resolve_crop,
+    resolve_wide_crop,
     validation_batches,
 )
 from .losses import MODES, LossConfig, Objective, make_energy_fn, relative_l2_sums
@@ -66,7 +67,8 @@ LOG_COLUMNS = (
 )
 MONITORS = ("auto", "val_loss", "val_rel_l2", "val_physics", "val_energy_gap")
 # settings that must not change when a run is resumed
-_RESUME_FIXED = ("mode", "batch_size", "crop_size", "mirror", "rotate", "speed_scaling",
+_RESUME_FIXED = ("mode", "batch_size", "crop_size", "wide_crop_size", "wide_every", "mirror",
+                 "rotate", "speed_scaling",
                  "validation_fraction",
                  "seed", "model", "init_from", "output_init_scale", "physics", "vertical", "loss",
                  "learning_rate", "schedule",
@@ -92,6 +94,11 @@ class TrainConfig:
             each after a linear warm-up of ``warmup_steps``.
         crop_size: training crop in nodes: None (the smallest grid of the data), an int (square)
             or ``[ny, nx]``; validation always uses whole grids.
+        wide_crop_size, wide_every: None (default), or a larger crop (int or ``[ny, nx]``) that
+            every ``wide_every``-th step's batch takes from the training glaciers whose grid
+            holds it (e.g. 96-node crops of the 96 x 96 glaciers among 64 x 64 ones, whose
+            64-node crops make the other steps): context beyond the small crop for the
+            glaciers that span many cells. Such a step costs about (wide / crop)^2 as much.
         mirror, rotate: random mirrors and 90-degree rotations (square crops) of training samples.
         speed_scaling: ``[low, high]`` or None: each training element is replaced by the glacier
             that flows mu times as fast, mu log-uniform in the range (rate factor times mu,
@@ -151,6 +158,8 @@ class TrainConfig:
     decay_steps: Optional[int] = None
     final_learning_rate_fraction: float = 0.01
     crop_size: Any = None
+    wide_crop_size: Any = None
+    wide_every: int = 4
     mirror: bool = True
     rotate: bool = True
     speed_scaling: Optional[List[float]] = None
@@ -227,8 +236,12 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"{name} must be {what}. Received: {name}={bounds!r}")
             set_(self, name, [float(b) for b in bounds])
-        if isinstance(self.crop_size, (list, tuple)):
-            set_(self, "crop_size", [int(c) for c in self.crop_size])
+        for name in ("crop_size", "wide_crop_size"):
+            if isinstance(getattr(self, name), (list, tuple)):
+                set_(self, name, [int(c) for c in getattr(self, name)])
+        if int(self.wide_every) != self.wide_every or self.wide_every < 2:
+            raise ValueError(f"wide_every must be an integer >= 2. Received: wide_every={self.wide_every!r}")
+        set_(self, "wide_every", int(self.wide_every))
         for name in ("model", "physics", "vertical", "loss"):
             value = getattr(self, name)
             if value is None:
@@ -647,6 +660,10 @@ def train(
         train_data, val_data = data.split(validation_fraction=config.validation_fraction,
                                           seed=config.seed)
     crop = resolve_crop(train_data, config.crop_size)
+    wide_crop, wide_count = resolve_wide_crop(train_data, config.wide_crop_size, crop)
+    if wide_crop is not None:
+        say(f"every {config.wide_every}th step: {wide_crop[0]} x {wide_crop[1]} crops of the "
+            f"{wide_count} training glaciers whose grid holds them")
     spacing_range = _spacing_range(config, train_data)
     if config.speed_scaling is not None and in_channels < 5:
         raise ValueError(f"speed_scaling needs the rate factor as a model input (in_channels >= 5); "
@@ -783,7 +800,8 @@ def train(
                 train_data, global_batch_size=global_batch,
                 stream=StreamConfig(crop=crop, mirror=config.mirror, rotate=config.rotate,
                                     seed=config.seed, speed_scaling=config.speed_scaling,
-                                    sliding_exponent=physics.sliding_exponent),
+                                    sliding_exponent=physics.sliding_exponent,
+                                    wide_crop=wide_crop, wide_every=config.wide_every),
                 start_step=start, steps=end,
             )
             dist = strategy.distribute_datasets_from_function(dataset_fn)
@@ -893,6 +911,9 @@ def train(
         "labels": data.layout.labels,
         "grid_shapes": data.describe()["grid_shapes"],
         "crop": list(crop),
+        "wide_crop": None if wide_crop is None else list(wide_crop),
+        "wide_every": None if wide_crop is None else config.wide_every,
+        "wide_count": wide_count,
         "steps": final_step,
         "replicas": replicas,
         "config": config.to_dict(),
