@@ -299,6 +299,13 @@ def test_training_with_wide_steps(mixed_grids, dataset, tmp_path):
     meta = json.loads((tmp_path / "w.json").read_text())["training_data"]
     assert meta["crop"] == [8, 8] and meta["wide_crop"] == [16, 16]
     assert meta["wide_every"] == 2 and meta["wide_count"] == 4
+    # stopped and resumed, the run takes the same steps (wide ones included)
+    part = train([mixed_grids], tmp_path / "r.keras", config, validation=[dataset / "validation"],
+                 stop_at_step=3)
+    rest = train([mixed_grids], tmp_path / "r.keras", config, validation=[dataset / "validation"],
+                 resume=True)
+    np.testing.assert_allclose(part["history"]["loss"] + rest["history"]["loss"],
+                               result["history"]["loss"], rtol=1e-4)
     with pytest.raises(InputError, match="wide crop 20 x 20"):
         train([mixed_grids], tmp_path / "x.keras", tiny_config(crop_size=8, wide_crop_size=20))
     with pytest.raises(ValueError, match="larger than the crop"):
@@ -543,6 +550,21 @@ for name, strategy in (("two", make_strategy()), ("one", tf.distribute.MirroredS
                      "model": r["model_path"]}
 print("RESULT " + json.dumps(results))
 """
+
+
+def test_a_run_from_before_a_setting_existed_resumes_with_its_default(dataset, tmp_path):
+    config = tiny_config(steps=4, validate_every=2, checkpoint_every=2)
+    train([dataset / "train"], tmp_path / "o.keras", config, stop_at_step=2)
+    stored = tmp_path / "o.ckpt" / "config.json"
+    old = json.loads(stored.read_text())
+    for key in ("wide_crop_size", "wide_every"):
+        del old[key]
+    stored.write_text(json.dumps(old))
+    assert train([dataset / "train"], tmp_path / "o.keras", config, resume=True)["step"] == 4
+    old["crop_size"] = 8  # a setting that did change still stops it
+    stored.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="cannot resume: crop_size"):
+        train([dataset / "train"], tmp_path / "o.keras", tiny_config(steps=6), resume=True)
 
 
 def test_mirrored_strategy_on_two_cpu_devices(dataset, tmp_path):

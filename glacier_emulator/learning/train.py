@@ -693,7 +693,8 @@ def train(
                          "(--resume) to continue it, or delete the folder to start afresh")
     if existing and config_file.is_file():
         previous = json.loads(config_file.read_text())
-        changed = sorted(k for k in digest if previous.get(k) != digest.get(k))
+        defaults = TrainConfig().to_dict()  # for settings newer than the run being resumed
+        changed = sorted(k for k in digest if previous.get(k, defaults.get(k)) != digest.get(k))
         if changed:
             raise ValueError(f"{ckpt_dir}: cannot resume: {', '.join(changed)} differ(s) from the "
                              "run being resumed (see its config.json)")
