@@ -680,6 +680,16 @@ def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([int(seed), 0, int(epoch)]).permutation(n)
 
 
+def _crop_pair(value, name: str) -> Tuple[int, int]:
+    """``(cy, cx)`` of a crop setting: an int (square) or ``[ny, nx]``."""
+    if isinstance(value, (int, np.integer)):
+        return (int(value), int(value))
+    crop = tuple(int(c) for c in value)
+    if len(crop) != 2:
+        raise ValueError(f"{name} must be an int or [ny, nx]. Received: {value!r}")
+    return crop
+
+
 def resolve_crop(data: TrainingData, crop_size) -> Tuple[int, int]:
     """The crop ``(cy, cx)``: ``None`` = the smallest grid of the data, an int = square.
 
@@ -689,12 +699,7 @@ def resolve_crop(data: TrainingData, crop_size) -> Tuple[int, int]:
     smallest = data.min_shape
     if crop_size is None:
         return smallest
-    if isinstance(crop_size, (int, np.integer)):
-        crop = (int(crop_size), int(crop_size))
-    else:
-        crop = tuple(int(c) for c in crop_size)
-        if len(crop) != 2:
-            raise ValueError(f"crop_size must be an int or [ny, nx]. Received: {crop_size!r}")
+    crop = _crop_pair(crop_size, "crop_size")
     if min(crop) < 4:
         raise ValueError(f"crop_size must be at least 4 nodes. Received: crop_size={crop_size!r}")
     for s in data.samples:
@@ -714,12 +719,7 @@ def resolve_wide_crop(data: TrainingData, wide_crop_size, crop: Tuple[int, int])
     """
     if wide_crop_size is None:
         return None, 0
-    if isinstance(wide_crop_size, (int, np.integer)):
-        wide = (int(wide_crop_size), int(wide_crop_size))
-    else:
-        wide = tuple(int(c) for c in wide_crop_size)
-        if len(wide) != 2:
-            raise ValueError(f"wide_crop_size must be an int or [ny, nx]. Received: {wide_crop_size!r}")
+    wide = _crop_pair(wide_crop_size, "wide_crop_size")
     if wide[0] < crop[0] or wide[1] < crop[1] or wide == tuple(crop):
         raise ValueError(f"wide_crop_size {list(wide)} must be larger than the crop {list(crop)}")
     count = len(wide_pool(data, wide))
