@@ -85,8 +85,8 @@ class ExtentErrors:
 
 
 EXAMPLE_EXTENT_ERRORS = ExtentErrors(
-    model="ubar-prior 2.0.1",
-    rel_l2_ubar=((200.0, 0.025), (100.0, 0.045), (50.0, 0.231)),
+    model="ubar-prior 2.2.0",
+    rel_l2_ubar=((200.0, 0.028), (100.0, 0.035), (50.0, 0.209)),
     coarsen_auto_at_50m=0.030,
 )
 """How the default model's error grows with the ice's extent in cells (:data:`WIDE_ICE_CELLS`):

@@ -245,6 +245,14 @@ def test_model_card_names_the_recipe_of_the_models_version(tmp_path):
     # the shipped 2.0.0, trained as 2.0.0-wide24b from 1.8 widened
     assert recipe_file("velocity3d-prior", "2.0.0-wide24b", "2.0.0") \
         == "training/configs/velocity3d-prior-wide24b.yaml"
+    # the shipped 2.2.0, trained as 2.2.0-wide96 with wide steps: its card says so
+    assert recipe_file("velocity3d-prior", "2.2.0-wide96", "2.2.0") \
+        == "training/configs/velocity3d-prior-widesteps.yaml"
+    md = json.loads((ROOT / "pretrained" / "velocity3d-prior.json").read_text())
+    summary = script["_training_summary"](md)
+    assert "`training/configs/velocity3d-prior-widesteps.yaml`" in summary
+    assert "8000 steps of batch 8 on 64-node crops (every 4th batch 96-node crops of the 208 " \
+        "glaciers whose grid holds them)" in summary
     (tmp_path / "stage9.yaml").write_text("name: velocity3d-prior\nversion: 9.0.0\n")
     (tmp_path / "other.yaml").write_text("name: another\nversion: 9.0.0\n")
     assert recipe_file("velocity3d-prior", "9.0.0", configs=tmp_path) == "training/configs/stage9.yaml"
