@@ -203,7 +203,7 @@ def _training_summary(md) -> str:
         parts.append(f"{td.get('mode')} training on {td['count']} files ({td.get('labels')} labels), "
                      f"{td.get('validation_count', '?')} validation files, {td.get('steps')} steps of batch "
                      f"{cfg.get('batch_size')} on {cfg.get('crop_size')}-node crops"
-                     + (f" (every {td['wide_every']}th batch {td['wide_crop'][0]}-node crops of the "
+                     + (f" (one batch in {td['wide_every']}: {td['wide_crop'][0]}-node crops of the "
                         f"{td.get('wide_count')} glaciers whose grid holds them)"
                         if td.get("wide_crop") else "")
                      + (f", starting from `{cfg['init_from']}`" if cfg.get("init_from") else "") + ".")

@@ -251,7 +251,7 @@ def test_model_card_names_the_recipe_of_the_models_version(tmp_path):
     md = json.loads((ROOT / "pretrained" / "velocity3d-prior.json").read_text())
     summary = script["_training_summary"](md)
     assert "`training/configs/velocity3d-prior-widesteps.yaml`" in summary
-    assert "8000 steps of batch 8 on 64-node crops (every 4th batch 96-node crops of the 208 " \
+    assert "8000 steps of batch 8 on 64-node crops (one batch in 4: 96-node crops of the 208 " \
         "glaciers whose grid holds them)" in summary
     (tmp_path / "stage9.yaml").write_text("name: velocity3d-prior\nversion: 9.0.0\n")
     (tmp_path / "other.yaml").write_text("name: another\nversion: 9.0.0\n")

@@ -662,7 +662,7 @@ def train(
     crop = resolve_crop(train_data, config.crop_size)
     wide_crop, wide_count = resolve_wide_crop(train_data, config.wide_crop_size, crop)
     if wide_crop is not None:
-        say(f"every {config.wide_every}th step: {wide_crop[0]} x {wide_crop[1]} crops of the "
+        say(f"one step in {config.wide_every}: {wide_crop[0]} x {wide_crop[1]} crops of the "
             f"{wide_count} training glaciers whose grid holds them")
     spacing_range = _spacing_range(config, train_data)
     if config.speed_scaling is not None and in_channels < 5:
