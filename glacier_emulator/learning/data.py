@@ -609,6 +609,10 @@ class StreamConfig:
     wide_crop: Optional[Tuple[int, int]] = None
     wide_every: int = 4
 
+    def __post_init__(self):
+        if self.wide_crop is not None and int(self.wide_every) < 2:
+            raise ValueError(f"wide_every must be >= 2. Received: {self.wide_every!r}")
+
     def is_wide_step(self, step: int) -> bool:
         """Whether optimizer step ``step`` (0-based) draws a batch of wide crops."""
         return self.wide_crop is not None and (int(step) + 1) % int(self.wide_every) == 0
@@ -755,8 +759,6 @@ def make_dataset_fn(
     cy, cx = stream.crop
     pool = None
     if stream.wide_crop is not None:
-        if int(stream.wide_every) < 2:
-            raise ValueError(f"wide_every must be >= 2. Received: {stream.wide_every!r}")
         pool = wide_pool(data, stream.wide_crop)
         if not pool:
             raise ValueError(f"no sample's grid holds the wide crop {stream.wide_crop}")
