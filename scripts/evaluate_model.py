@@ -11,8 +11,8 @@ the Blatter-Pattyn energy (3-D models; the same energy code as the solver). Repo
 ``--skip N`` leaves out the first N files (e.g. those used for validation during training).
 The numbers are also written into the model's metadata JSON under ``accuracy`` (every glacier's
 row included), from which ``--card-only`` writes the card again after its ``--notes`` changed.
-``--compare-symmetrise x`` adds the error and cost of other symmetry averagings of the same
-weights to the card. Every glacier's row also says where its error lies (the ice margin, the
+``--compare-symmetrise x xy`` adds the error (on every held-out set) and cost of other symmetry
+averagings of the same weights to the card. Every glacier's row also says where its error lies (the ice margin, the
 domain edge, the interior: :mod:`glacier_emulator.verification.error_location`), a table of the
 card; ``--location-only`` adds that alone to an evaluation stored before it existed.
 """
@@ -313,15 +313,21 @@ def main():
             rel_l2_surface=summarise(group, "rel_l2_surface"), energy_gap=summarise(group, "energy_gap"),
             rel_l2_ubar_sia=summarise(group, "rel_l2_ubar_sia"),
             per_file=[{k: v for k, v in r.items() if k != "inference_s"} for r in group])
-    modes = {emulator.model.symmetrise: rows}
+    modes = {emulator.model.symmetrise: (rows, extra_rows)}
     for mode in args.compare_symmetrise:
         if mode not in modes:
-            modes[mode] = evaluate(emulator.with_symmetrise(mode), files, ubar_only=True)
+            other = emulator.with_symmetrise(mode)
+            modes[mode] = (evaluate(other, files, ubar_only=True),
+                           {name: evaluate(other, sorted(Path(accuracy["extra"][name]["test_set"]).glob("*.nc")),
+                                           ubar_only=True, outside=[], repeats=0)
+                            for name in extra_rows})
     if len(modes) > 1:
         accuracy["symmetrise_modes"] = {
             mode: dict(rel_l2_ubar=summarise(group, "rel_l2_ubar"),
-                       inference_s_median=float(np.median([r["inference_s"] for r in group])))
-            for mode, group in modes.items()}
+                       inference_s_median=float(np.median([r["inference_s"] for r in group])),
+                       extra={name: dict(rel_l2_ubar=summarise(g, "rel_l2_ubar"))
+                              for name, g in extra.items()})
+            for mode, (group, extra) in modes.items()}
     if args.refine:
         accuracy["refine"] = refine_rows(emulator, files, args)
         accuracy["refine_start"] = refine_start(emulator, args.refine)
@@ -551,13 +557,20 @@ def write_card(args, json_path, accuracy, rows, extra_rows):
               f"({rows[0]['grid'][0]}x{rows[0]['grid'][1]}, CPU), network averaged over the "
               f"`{accuracy['symmetrise']}` symmetries of the grid." if rows else "", ""]
     if "symmetrise_modes" in accuracy:
+        modes = accuracy["symmetrise_modes"]
+        # the extra sets every mode was measured on (evaluations stored before they were: none)
+        names = [n for n in accuracy.get("extra", {}) if all(n in m.get("extra", {}) for m in modes.values())]
         lines += ["Accuracy and cost of the symmetry averaging (same weights, same held-out glaciers; "
-                  "`Emulator.with_symmetrise`, `--symmetrise` of `predict` and `run`):", "",
-                  "| symmetrise | network evaluations | rel. L2 ubar median | p90 | inference (ms) |",
-                  "|---|---|---|---|---|"]
-        for mode, m in accuracy["symmetrise_modes"].items():
-            lines.append(f"| {mode} | {SYMMETRY_IMAGES[mode]} | {m['rel_l2_ubar']['median']:.3f} | "
-                         f"{m['rel_l2_ubar']['p90']:.3f} | {m['inference_s_median'] * 1000:.1f} |")
+                  "`Emulator.with_symmetrise`, `--symmetrise` of `predict` and `run`); rel. L2 of ubar, "
+                  "median (p90) of each set:", "",
+                  "| symmetrise | network evaluations | " + " | ".join(["all"] + names)
+                  + " | inference (ms) |",
+                  "|---|---|" + "---|" * (len(names) + 2)]
+        for mode, m in modes.items():
+            cells = [m["rel_l2_ubar"]] + [m["extra"][n]["rel_l2_ubar"] for n in names]
+            lines.append(f"| {mode} | {SYMMETRY_IMAGES[mode]} | "
+                         + " | ".join(f"{c['median']:.3f} ({c['p90']:.3f})" for c in cells)
+                         + f" | {m['inference_s_median'] * 1000:.1f} |")
         lines.append("")
     lines += _location_lines(accuracy, rows, extra_rows)
     lines += _refine_lines(accuracy)

@@ -175,7 +175,8 @@ def test_evaluate_model_measures_the_card_numbers(workdir, monkeypatch, capsys):
     model = workdir / "tiny3d-d.keras"
     card = workdir / "tiny3d-d.md"
     run_script(ROOT / "scripts" / "evaluate_model.py",
-               [model, "--test", workdir / "test", "--card", card, "--compare-symmetrise", "x"], monkeypatch)
+               [model, "--test", workdir / "test", "--card", card, "--compare-symmetrise", "x",
+                "--extra-test", f"again={workdir / 'test'}"], monkeypatch)
     held = json.loads(model.with_suffix(".json").read_text())["accuracy"]["held_out"]
     assert held["symmetrise"] == "dihedral" and held["test_files"] == 2
     emulator = Emulator.load(model)
@@ -192,6 +193,10 @@ def test_evaluate_model_measures_the_card_numbers(workdir, monkeypatch, capsys):
     assert held["rel_l2_ubar"]["median"] == pytest.approx(np.median(errors["dihedral"]), rel=1e-5)
     modes = held["symmetrise_modes"]
     assert modes["x"]["rel_l2_ubar"]["median"] == pytest.approx(np.median(errors["x"]), rel=1e-5)
+    # each extra set measured under every mode too (here the same glaciers again)
+    for mode in ("dihedral", "x"):
+        assert modes[mode]["extra"]["again"]["rel_l2_ubar"]["median"] == pytest.approx(
+            np.median(errors[mode]), rel=1e-5)
     assert errors["x"] != pytest.approx(errors["dihedral"], rel=1e-3)  # the modes differ
     assert all(np.isfinite(r["energy_gap"]) for r in held["per_file"])
     # where the error lies: the bands' shares of the squared error add up to 1 and the error over
@@ -202,6 +207,9 @@ def test_evaluate_model_measures_the_card_numbers(workdir, monkeypatch, capsys):
         assert r["rel_l2_ubar_interior"] is None or r["rel_l2_ubar_interior"] >= 0
     text = card.read_text()
     assert f"{held['rel_l2_ubar']['median']:.3f}" in text and "| dihedral | 8 |" in text and "| x | 2 |" in text
+    x = modes["x"]["rel_l2_ubar"]
+    assert "| symmetrise | network evaluations | all | again | inference (ms) |" in text
+    assert f"| x | 2 | {x['median']:.3f} ({x['p90']:.3f}) | {x['median']:.3f} ({x['p90']:.3f}) |" in text
     assert "Where the ubar error lies" in text and "| all | 2 |" in text
     # the card again from the stored evaluation, with notes: the same tables, nothing re-measured
     notes = workdir / "notes.md"
