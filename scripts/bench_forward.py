@@ -19,7 +19,10 @@ velocity evaluation (``Emulator.with_refine``, ``run --refine N``), each refinem
 previous step's L-BFGS memory (``EmulatorProvider``'s default); ``emulator+refineN+carry`` also
 starts each refinement from the network's prediction plus the previous step's correction (``run
 --refine N --carry-correction``), ``emulator+refineN+neither`` has neither: side by side, what
-each carries over is measured in one run.
+each carries over is measured in one run. ``emulator@xy`` (``@x``, ``@dihedral``; also
+``emulator@xy+refineN``) is the same weights with another symmetry averaging
+(``Emulator.with_symmetrise``, ``run --symmetrise``), so that its ratio to IGM is measured in the
+same run. ``--igm-variants unified`` leaves out IGM's slow ``solved`` variant.
 
 Results: scripts/results/forward.json and forward.md (machine and date included).
 """
@@ -37,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glacier_emulator.constants import SYMMETRISE_MODES
 from glacier_emulator.fields import relative_l2
 from glacier_emulator.provenance import describe_machine, load_average, machine_info
 
@@ -72,10 +76,16 @@ def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
     refine, _, carry = refine.partition("+")
     if carry not in ("", "carry", "neither"):
         raise SystemExit(f"unknown provider option +{carry} (valid: +carry, +neither)")
-    if name == "emulator" and (model or refine):
+    name, _, symmetrise = name.partition("@")
+    if symmetrise and (name != "emulator" or symmetrise not in SYMMETRISE_MODES):
+        raise SystemExit(f"unknown provider {name}@{symmetrise} (valid: emulator@MODE, "
+                         f"MODE one of {', '.join(SYMMETRISE_MODES)})")
+    if name == "emulator" and (model or refine or symmetrise):
         from glacier_emulator.emulator import Emulator
 
         emulator = Emulator.load(model) if model else Emulator.pretrained()
+        if symmetrise:
+            emulator = emulator.with_symmetrise(symmetrise)
         if refine:
             emulator = emulator.with_refine(int(refine))
     solver_config = None
@@ -171,6 +181,8 @@ def main():
                         help="use a time series saved by an earlier --save-runs instead of running "
                              "NAME (its wall time is read from the file; the table says so)")
     parser.add_argument("--years", type=float, default=50.0)
+    parser.add_argument("--igm-variants", nargs="+", default=["unified", "solved"],
+                        choices=["unified", "solved"], help="IGM's variants to run when IGM_VENV is set")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     machine = machine_info()
@@ -208,7 +220,7 @@ def main():
     venv = os.environ.get("IGM_VENV")
     if venv:
         work = Path(args.out) / "igm_work"
-        for variant in ("unified", "solved"):
+        for variant in args.igm_variants:
             ds, wall = run_igm(venv, variant, work)
             datasets[f"igm_{variant}"] = ds
             results[f"igm_{variant}"] = dict(wall_s=wall, volume_2050_km3=float(
@@ -249,8 +261,9 @@ def main():
             lines += ["", f"{name}: loaded from {r['from_earlier_run']} (an earlier run of this "
                       "script on this machine; its wall time is that run's)."]
     if any(n.startswith("igm_") for n in results):
-        lines += ["", "IGM's rows: its `unified` (default) and `solved` variants run by "
-                  "../shared/bench/igm/run_igm.sh in this run; their wall time is the whole `igm_run` "
+        ran = [f"`{v}`" + (" (default)" if v == "unified" else "") for v in args.igm_variants]
+        lines += ["", f"IGM's rows: its {' and '.join(ran)} variant{'s' if len(ran) > 1 else ''} run by "
+                  "../shared/bench/igm/run_igm.sh in this run; the wall time is the whole `igm_run` "
                   "process (start-up and imports included, about 4 s).", ""]
         own = results.get("igm_unified", {}).get("vs_igm_solved")
         if own:

@@ -486,6 +486,25 @@ def test_bench_refine_measures_error_and_time_per_iteration_budget(workdir):
     assert "| 300 | " in text and f"{errors[2]:.4f}" in text
 
 
+def test_bench_forward_runs_a_symmetry_averaging_as_a_provider(workdir):
+    """scripts/bench_forward.py's ``emulator@MODE``: the same weights with that averaging in the
+    same run (a model file of that averaging gives the same run, another averaging another one);
+    a mode that does not exist is refused."""
+    bench = runpy.run_path(str(ROOT / "scripts" / "bench_forward.py"))
+    model = workdir / "tiny3d.keras"  # symmetrise x
+    dihedral = workdir / "tiny3d-d.keras"
+    if not dihedral.is_file():
+        Emulator.load(model).with_symmetrise("dihedral").save(dihedral)
+    runs = {name: bench["run_provider"](name, model=m, years=0.3)[0]
+            for name, m in (("emulator", dihedral), ("emulator@dihedral", model), ("emulator@x", dihedral))}
+    a, b, c = (runs[n]["thk"].values[-1] for n in ("emulator", "emulator@dihedral", "emulator@x"))
+    assert runs["emulator"]["year"].values[-1] == pytest.approx(runs["emulator@x"]["year"].values[-1])
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * np.abs(a).max())
+    assert np.abs(c - a).max() > 1e-4
+    with pytest.raises(SystemExit, match="emulator@yx"):
+        bench["run_provider"]("emulator@yx", model=model, years=0.3)
+
+
 def test_compare_models_pairs_the_glaciers_of_two_models(workdir, monkeypatch):
     """scripts/compare_models.py (the decision rules' checks): each glacier's error for both
     models as a direct computation gives it, the paired counts and ratios, the example's static
