@@ -12,9 +12,10 @@ the Blatter-Pattyn energy (3-D models; the same energy code as the solver). Repo
 The numbers are also written into the model's metadata JSON under ``accuracy`` (every glacier's
 row included), from which ``--card-only`` writes the card again after its ``--notes`` changed.
 ``--compare-symmetrise x xy`` adds the error (on every held-out set) and cost of other symmetry
-averagings of the same weights to the card. Every glacier's row also says where its error lies (the ice margin, the
-domain edge, the interior: :mod:`glacier_emulator.verification.error_location`), a table of the
-card; ``--location-only`` adds that alone to an evaluation stored before it existed.
+averagings of the same weights to the card. Every glacier's row also says where its error lies
+(the ice margin, the domain edge, the interior:
+:mod:`glacier_emulator.verification.error_location`), a table of the card; ``--location-only``
+adds that alone to an evaluation stored before it existed.
 """
 from __future__ import annotations
 
