@@ -302,11 +302,12 @@ def main():
         machine=dict(machine, load_average_end=load_average()),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+    sets = held_out_sets(files, args)
     extra_rows = {}
     for item in args.extra_test:
         name, _, folder = item.partition("=")
         outside = []
-        extra_rows[name] = evaluate(emulator, sorted(Path(folder).glob("*.nc")), outside=outside)
+        extra_rows[name] = evaluate(emulator, sets[name], outside=outside)
         group = extra_rows[name]
         accuracy["extra"][name] = dict(
             test_set=folder, test_files=len(group), outside_spacing_range=outside,
@@ -319,8 +320,7 @@ def main():
         if mode not in modes:
             other = emulator.with_symmetrise(mode)
             modes[mode] = (evaluate(other, files, ubar_only=True),
-                           {name: evaluate(other, sorted(Path(accuracy["extra"][name]["test_set"]).glob("*.nc")),
-                                           ubar_only=True, outside=[], repeats=0)
+                           {name: evaluate(other, sets[name], ubar_only=True, outside=[], repeats=0)
                             for name in extra_rows})
     if len(modes) > 1:
         accuracy["symmetrise_modes"] = {

@@ -492,9 +492,8 @@ def test_bench_forward_runs_a_symmetry_averaging_as_a_provider(workdir):
     a mode that does not exist is refused."""
     bench = runpy.run_path(str(ROOT / "scripts" / "bench_forward.py"))
     model = workdir / "tiny3d.keras"  # symmetrise x
-    dihedral = workdir / "tiny3d-d.keras"
-    if not dihedral.is_file():
-        Emulator.load(model).with_symmetrise("dihedral").save(dihedral)
+    dihedral = workdir / "bench-forward-d.keras"
+    Emulator.load(model).with_symmetrise("dihedral").save(dihedral)
     runs = {name: bench["run_provider"](name, model=m, years=0.3)[0]
             for name, m in (("emulator", dihedral), ("emulator@dihedral", model), ("emulator@x", dihedral))}
     a, b, c = (runs[n]["thk"].values[-1] for n in ("emulator", "emulator@dihedral", "emulator@x"))
