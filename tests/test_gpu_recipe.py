@@ -158,6 +158,37 @@ def test_export_of_a_dihedral_model_trains_with_the_x_mirror(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max())
 
 
+def test_float16_export_is_the_rounded_network(tmp_path):
+    """--float16 stores the kernels of 4096 values or more in half precision (the shipped models'
+    storage), the rest as they are; loaded back as float32 they are the rounded kernels, the file
+    is smaller and the network's output moves by about the rounding only."""
+    import export_weights
+
+    from glacier_emulator.emulator import Emulator, ModelMetadata
+    from glacier_emulator.models import GlacierUNet
+
+    model = GlacierUNet(in_channels=6, out_channels=4, filters=24, depth=2, symmetrise="x",
+                        velocity_scale=1.0, prior=PRIOR)
+    Emulator(model, ModelMetadata.from_model(model, name="h")).save(tmp_path / "h.keras")
+    export_weights.main([str(tmp_path / "h.keras"), str(tmp_path / "full.npz")])
+    export_weights.main([str(tmp_path / "h.keras"), str(tmp_path / "half.npz"), "--float16"])
+    assert (tmp_path / "half.npz").stat().st_size < 0.6 * (tmp_path / "full.npz").stat().st_size
+    with np.load(tmp_path / "half.npz") as raw:
+        kinds = {k: (raw[k].dtype, raw[k].size) for k in raw.files if not k.startswith("__")}
+    assert all((d == np.float16) == (k.endswith("kernel") and n >= 4096) for k, (d, n) in kinds.items())
+    assert any(d == np.float16 for d, _ in kinds.values()) and any(d == np.float32 for d, _ in kinds.values())
+    full, config = unet_jax.load_params(tmp_path / "full.npz")
+    half, config_half = unet_jax.load_params(tmp_path / "half.npz")
+    assert config_half == config
+    for name in full:
+        assert half[name]["kernel"].dtype == jnp.float32
+        np.testing.assert_allclose(half[name]["kernel"], full[name]["kernel"], rtol=1e-3, atol=1e-7)
+    x = ramp_inputs()
+    ref = np.asarray(unet_jax.apply(full, config, jnp.asarray(x)))
+    got = np.asarray(unet_jax.apply(half, config, jnp.asarray(x)))
+    assert 0 < np.abs(got - ref).max() < 1e-2 * np.abs(ref).max()
+
+
 def test_params_round_trip_in_parts(tmp_path):
     config = dict(in_channels=6, out_channels=4, depth=2, filters=4, kernel_size=3,
                   blocks_per_level=2)
@@ -265,7 +296,8 @@ def test_packed_samples_are_what_training_reads(glaciers, tmp_path):
     the GPU job builds its own (train_gpu.inputs_of) and as the files hold them: here two
     glaciers solved by the reference solver (``label_geometry``, what ``evolved_states.py``
     writes for each state); --float16 is within its rounding; train_gpu.add_packed appends them
-    and refuses another grid; files of two grid sizes are refused without writing."""
+    to the pool of their grid and refuses a grid the job has no pool for; files of two grid
+    sizes are refused without writing."""
     import pack_samples
     import train_gpu
     import xarray as xr
@@ -293,11 +325,19 @@ def test_packed_samples_are_what_training_reads(glaciers, tmp_path):
     np.testing.assert_allclose(yh, y, rtol=1e-3, atol=1e-3)
     assert (tmp_path / "h.npz").stat().st_size < (tmp_path / "p.npz").stat().st_size
 
-    both_x, both_y, facts = train_gpu.add_packed(x[:1], y[:1], [str(tmp_path / "p.npz")])
-    assert both_x.shape[0] == 3 and facts["samples"] == 2
-    np.testing.assert_array_equal(both_y[1:], y)
-    with pytest.raises(SystemExit, match="samples"):
-        train_gpu.add_packed(x[:, :16, :16], y[:, :16, :16], [str(tmp_path / "p.npz")])
+    nz = DEFAULT_VERTICAL.levels
+    pools = {(16, 16): (None, None), (24, 24): (x[:1], y[:1])}
+    facts = train_gpu.add_packed(pools, [str(tmp_path / "p.npz")], nz)
+    assert pools[(24, 24)][0].shape[0] == 3 and pools[(16, 16)] == (None, None)
+    assert facts["samples"] == 2 and facts["per_grid"] == {"24x24": 2}
+    np.testing.assert_array_equal(pools[(24, 24)][1][1:], y)
+    pools = {(16, 16): (None, None), (24, 24): (None, None)}  # an empty pool takes them as they are
+    train_gpu.add_packed(pools, [str(tmp_path / "h.npz")], nz)
+    np.testing.assert_array_equal(pools[(24, 24)][0], xh)
+    with pytest.raises(SystemExit, match="24 x 24 nodes; the job's grids are 16 x 16, 32 x 32"):
+        train_gpu.add_packed({(16, 16): (None, None), (32, 32): (None, None)}, [str(tmp_path / "p.npz")], nz)
+    with pytest.raises(SystemExit, match="label channels"):
+        train_gpu.add_packed({(24, 24): (None, None)}, [str(tmp_path / "p.npz")], nz + 1)
 
     other = tmp_path / "other"
     other.mkdir()
@@ -305,3 +345,61 @@ def test_packed_samples_are_what_training_reads(glaciers, tmp_path):
     assert label_geometry(small, other / "sample_00000.nc", solver_config=loose)
     assert pack_samples.main([str(folder), str(other), "-o", str(tmp_path / "bad.npz")]) == 1
     assert not (tmp_path / "bad.npz").exists()
+
+
+def test_wide_steps_and_training_specs_follow_the_package():
+    """The job's wide steps are the package's (StreamConfig.is_wide_step); its training lists keep
+    two standard glaciers to one default-physics glacier in every prefix."""
+    import train_gpu
+
+    from glacier_emulator.learning.data import StreamConfig
+
+    config = StreamConfig(crop=(64, 64), wide_crop=(96, 96), wide_every=3)
+    assert [train_gpu.is_wide_step(k, 3) for k in range(12)] == [config.is_wide_step(k) for k in range(12)]
+    assert sum(train_gpu.is_wide_step(k, 4) for k in range(400)) == 100
+    specs = train_gpu.split_specs(6, 3, (34, 35))
+    assert specs[:3] == [("standard", 34, 0), ("default_physics", 35, 0), ("standard", 34, 1)]
+    assert sorted(specs) == sorted([("standard", 34, i) for i in range(6)]
+                                   + [("default_physics", 35, i) for i in range(3)])
+    assert train_gpu.split_specs(0, 2, (30, 31)) == [("default_physics", 31, 0), ("default_physics", 31, 1)]
+
+
+@pytest.mark.slow
+def test_job_labels_and_trains_on_narrow_and_wide_glaciers(tmp_path):
+    """The whole job on the CPU at toy size: glaciers of 16 x 16 nodes and wide ones of 24 x 24
+    labelled by the batched solver (validation and training, seeds 32-37), a packed file of the
+    wide grid added to the wide pool, a model from scratch trained with every second step on the
+    wide glaciers; the report counts them, validates both grids apart, and the best weights
+    written are at least as good on the validation glaciers as the start."""
+    import json
+
+    import train_gpu
+
+    nz = DEFAULT_VERTICAL.levels
+    geos = [sample_geometry(i, seed=9, config=SyntheticConfig(grid=24)) for i in range(2)]
+    x = np.stack([train_gpu.inputs_of(g) for g in geos])
+    np.savez(tmp_path / "wide.npz", x=x, y=np.zeros(x.shape[:3] + (2 * nz,), "float32"),
+             files=np.array(json.dumps(["a.nc", "b.nc"])), zeta=np.asarray(DEFAULT_VERTICAL.zeta))
+    out = tmp_path / "out"
+    train_gpu.main(["--out", str(out), "--grid", "16", "--wide-grid", "24", "--check-labels", "",
+                    "--init", str(tmp_path / "none.npz"), "--batch", "2",
+                    "--val-standard", "1", "--val-default", "1", "--val-wide-standard", "1",
+                    "--val-wide-default", "1", "--train-standard", "2", "--train-default", "1",
+                    "--train-wide-standard", "2", "--train-wide-default", "0",
+                    "--label-seconds", "1", "--label-wide-seconds", "1", "--train-seconds", "20",
+                    "--train-batch", "2", "--wide-batch", "1", "--wide-every", "2",
+                    "--validate-every", "100", "--extra-train", str(tmp_path / "wide.npz"),
+                    "--models", "s:filters=4,prior=2,lr=1e-3"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["train_glaciers"]["standard"] + report["train_glaciers"]["default_physics"] == 2
+    assert report["train_glaciers_wide"] == {"standard": 2, "default_physics": 0}
+    assert report["extra_train"]["per_grid"] == {"24x24": 2}
+    assert report["train_samples"] == {"narrow": 2, "wide": 4}
+    assert report["steps"] > 150 and report["wide_steps"] == report["steps"] // 2
+    first, *_, last = report["history"]["s"]
+    for key in ("standard_median", "default_median", "wide_median"):
+        assert np.isfinite(first[1][key]) and np.isfinite(last[1][key])
+    assert np.isnan(first[1]["extra_median"])
+    assert report["best"]["s"]["val_all_median"] <= first[1]["all_median"]
+    params, config = unet_jax.load_params(out / "s.npz")
+    assert config["filters"] == 4 and config["prior"]["smoothing"] == 2.0

@@ -9,13 +9,22 @@ Phases (each with a wall-clock budget, so that the run fits a lease):
    CPU validation sets (seeds 2 and 6) whose reference-solver labels travel with the recipe
    (``--check-labels``) and reports the difference.
 2. **train**: every model of ``--models`` is trained in the same compiled step on the same
-   batches (full 64 x 64 glaciers, the 8 mirror/rotation images, the relative loss of the
-   package on all levels), Adam with warm-up and cosine decay over the steps that fit the
-   budget; validation (median relative L2 of ubar) on GPU-labelled glaciers of two further seeds
-   every ``--validate-every`` steps; the best parameters are written to ``OUT/NAME.npz``.
-   ``--extra-train`` / ``--extra-val`` add samples labelled on the CPU and packed by
-   ``pack_samples.py`` (states of forward runs, which this job does not make), the latter
-   reported apart (``extra_median``).
+   batches (full ``--grid`` x ``--grid`` glaciers, the 8 mirror/rotation images, the relative
+   loss of the package on all levels), Adam with warm-up and cosine decay over the steps that
+   fit the budget; validation (median relative L2 of ubar) on GPU-labelled glaciers of two
+   further seeds every ``--validate-every`` steps; the best parameters are written to
+   ``OUT/NAME.npz``. ``--extra-train`` / ``--extra-val`` add samples labelled on the CPU and
+   packed by ``pack_samples.py`` (states of forward runs, which this job does not make), the
+   latter reported apart (``extra_median``).
+
+   **Wide glaciers** (the CPU recipe's ``wide_crop_size`` / ``wide_every``, which gained 5-21 %
+   for version 2.2 of the shipped model: the network sees glaciers that span more cells whole):
+   ``--train-wide-standard`` / ``--train-wide-default`` label glaciers of ``--wide-grid`` nodes
+   (seeds 34 and 35, their own budget ``--label-wide-seconds``), ``--val-wide-standard`` /
+   ``--val-wide-default`` validate on seeds 36 and 37 (reported apart as ``wide_median``), and
+   packed files of that grid go to the wide pool. Every ``--wide-every``-th step (steps
+   ``wide_every - 1``, ``2 wide_every - 1``, ... as ``StreamConfig.is_wide_step``) draws its batch
+   from the wide pool.
 
 Everything measured goes to ``OUT/report.json`` and the log to stdout. Exact command of the
 shipped run: ``training/gpu/README.md``.
@@ -23,6 +32,8 @@ shipped run: ``training/gpu/README.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import sys
@@ -68,8 +79,9 @@ def inputs_of(geo, physics=DEFAULT_PHYSICS) -> np.ndarray:
                      np.broadcast_to(rate, shape), np.full(shape, geo.dx)], axis=-1).astype(np.float32)
 
 
-def label(specs, *, batch: int, iterations, solvers: dict, deadline: float, what: str):
-    """Solve the glaciers ``specs`` [(config name, seed, index)] in batches until ``deadline``.
+def label(specs, *, batch: int, iterations, solvers: dict, deadline: float, what: str, grid: int = 64):
+    """Solve the glaciers ``specs`` [(config name, seed, index)] of ``grid`` x ``grid`` nodes in
+    batches until ``deadline``.
 
     Returns ``(inputs (N, ny, nx, 6), targets (N, ny, nx, 2 Nz), kept specs, stats)``; glaciers
     whose solve did not converge are dropped and counted.
@@ -81,7 +93,8 @@ def label(specs, *, batch: int, iterations, solvers: dict, deadline: float, what
             log(f"{what}: label budget spent after {stats['solved']} glaciers")
             break
         chunk = specs[start:start + batch]
-        geos = [sample_geometry(i, seed=s, config=CONFIGS[c]) for c, s, i in chunk]
+        geos = [sample_geometry(i, seed=s, config=dataclasses.replace(CONFIGS[c], grid=grid))
+                for c, s, i in chunk]
         real = len(geos)
         geos += [geos[-1]] * (batch - real)  # one compiled shape
         t = time.time()
@@ -187,21 +200,27 @@ def parse_models(text: str) -> dict:
     return models
 
 
-def add_packed(x, y, paths) -> tuple:
-    """``x``, ``y`` with the samples of the packed files ``paths`` (pack_samples.py) appended,
-    and what was added; the grids must be those of ``x``."""
+def add_packed(pools: dict, paths, nz: int) -> dict:
+    """Append the samples of the packed files ``paths`` (pack_samples.py) to the pool of their
+    grid: ``pools`` maps ``(ny, nx)`` to ``(x, y)`` (``None, None`` for a pool still empty) and is
+    updated; returns what was added. A grid that is not one of the pools' stops the job."""
     from pack_samples import load_packed
 
-    files = []
+    files, per_grid = [], {}
     for path in paths:
         px, py, names = load_packed(path)
-        if x is not None and (px.shape[1:] != x.shape[1:] or py.shape[1:] != y.shape[1:]):
-            raise SystemExit(f"{path}: samples {px.shape[1:]} / {py.shape[1:]}, the job's "
-                             f"{x.shape[1:]} / {y.shape[1:]}")
-        x = px if x is None else np.concatenate([x, px])
-        y = py if y is None else np.concatenate([y, py])
+        grid = tuple(px.shape[1:3])
+        if grid not in pools:
+            raise SystemExit(f"{path}: samples of {grid[0]} x {grid[1]} nodes; the job's grids are "
+                             + ", ".join(f"{g[0]} x {g[1]}" for g in pools) + " (--grid, --wide-grid)")
+        if px.shape[-1] != 6 or py.shape[-1] != 2 * nz:
+            raise SystemExit(f"{path}: {px.shape[-1]} input and {py.shape[-1]} label channels, the "
+                             f"job's 6 and {2 * nz}")
+        x, y = pools[grid]
+        pools[grid] = (px, py) if x is None else (np.concatenate([x, px]), np.concatenate([y, py]))
         files += names
-    return x, y, {"samples": len(files), "packed": list(paths)}
+        per_grid[f"{grid[0]}x{grid[1]}"] = per_grid.get(f"{grid[0]}x{grid[1]}", 0) + len(names)
+    return {"samples": len(files), "per_grid": per_grid, "packed": list(paths)}
 
 
 def start_models(models: dict, init: str, seed: int, nz: int) -> tuple:
@@ -245,13 +264,45 @@ def start_models(models: dict, init: str, seed: int, nz: int) -> tuple:
     return configs, params
 
 
+def is_wide_step(step: int, wide_every: int) -> bool:
+    """Whether training step ``step`` (from 0) draws its batch from the wide pool: steps
+    ``wide_every - 1``, ``2 wide_every - 1``, ... (``learning.data.StreamConfig.is_wide_step``)."""
+    return (int(step) + 1) % int(wide_every) == 0
+
+
+def split_specs(n_standard: int, n_default: int, seeds: tuple) -> list:
+    """Training specs: two standard glaciers to one default-physics glacier, interleaved so that
+    any prefix of the list (the label budget decides how much is solved) has both kinds in
+    proportion."""
+    specs = []
+    for i in range(max(n_standard, 2 * n_default)):
+        if i < n_standard:
+            specs.append(("standard", seeds[0], i))
+        if i % 2 == 0 and i // 2 < n_default:
+            specs.append(("default_physics", seeds[1], i // 2))
+    return specs
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "gpu-run"))
+    p.add_argument("--grid", type=int, default=64, help="nodes per side of the glaciers labelled")
     p.add_argument("--train-standard", type=int, default=3000, help="glaciers of seed 30 (standard config)")
     p.add_argument("--train-default", type=int, default=1500, help="glaciers of seed 31 (default physics)")
     p.add_argument("--val-standard", type=int, default=96, help="validation glaciers of seed 32")
     p.add_argument("--val-default", type=int, default=32, help="validation glaciers of seed 33")
+    p.add_argument("--wide-grid", type=int, default=96, help="nodes per side of the wide glaciers")
+    p.add_argument("--train-wide-standard", type=int, default=0,
+                   help="wide glaciers of seed 34 (standard config)")
+    p.add_argument("--train-wide-default", type=int, default=0,
+                   help="wide glaciers of seed 35 (default physics)")
+    p.add_argument("--val-wide-standard", type=int, default=0, help="wide validation glaciers of seed 36")
+    p.add_argument("--val-wide-default", type=int, default=0, help="wide validation glaciers of seed 37")
+    p.add_argument("--label-wide-seconds", type=float, default=0.0,
+                   help="label budget of the wide training glaciers (after --label-seconds)")
+    p.add_argument("--wide-every", type=int, default=4,
+                   help="every WIDE_EVERY-th step trains on the wide pool, when it holds glaciers")
+    p.add_argument("--wide-batch", type=int, default=0, help="batch of the wide steps (0: --train-batch)")
     p.add_argument("--check-labels", default=os.path.join(HERE, "check_labels.npz"),
                    help="reference-solver labels of seed-2/6 glaciers to compare with")
     p.add_argument("--batch", type=int, default=384, help="glaciers solved at once")
@@ -266,40 +317,53 @@ def main(argv=None):
                    help="LOW,HIGH: scale each training glacier's speed by a log-uniform factor in "
                         "this range (TrainConfig.speed_scaling; the shipped CPU recipe: 0.5,2)")
     p.add_argument("--extra-train", nargs="*", default=[],
-                   help="packed CPU-labelled samples (pack_samples.py) added to the training glaciers")
+                   help="packed CPU-labelled samples (pack_samples.py) added to the training "
+                        "glaciers of their grid (--grid or --wide-grid)")
     p.add_argument("--extra-val", nargs="*", default=[],
                    help="packed samples added to the validation glaciers (reported apart as 'extra')")
     p.add_argument("--validate-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.wide_every < 2:
+        p.error(f"--wide-every must be >= 2: {args.wide_every}")
+    if args.wide_grid == args.grid:
+        p.error("--wide-grid must differ from --grid")
     os.makedirs(args.out, exist_ok=True)
     report = {"args": vars(args), "devices": [f"{d} ({d.device_kind})" for d in jax.devices()]}
     log("devices", report["devices"])
     nz = DEFAULT_VERTICAL.levels
     iterations = tuple(int(i) for i in args.iterations.split(","))
     solvers: dict = {}
+    narrow, wide = (args.grid, args.grid), (args.wide_grid, args.wide_grid)
 
     def save_report():
         with open(os.path.join(args.out, "report.json"), "w") as fh:
             json.dump(report, fh, indent=1, default=float)
+
+    def solve(specs, grid, deadline, what):
+        return label(specs, batch=args.batch, iterations=iterations, solvers=solvers,
+                     deadline=deadline, what=what, grid=grid)
 
     # --- 1. labels ---
     if args.check_labels and os.path.exists(args.check_labels):
         ref = np.load(args.check_labels)
         check_specs = [tuple(s) for s in json.loads(str(ref["specs"]))]
         check_specs = [(c, int(s), int(i)) for c, s, i in check_specs]
+        check_grid = int(ref["thickness"].shape[-1])
     else:
-        ref, check_specs = None, []
+        ref, check_specs, check_grid = None, [], args.grid
     val_specs = ([("standard", 32, i) for i in range(args.val_standard)]
                  + [("default_physics", 33, i) for i in range(args.val_default)])
-    first = check_specs + val_specs
-    label_deadline = T0 + args.label_seconds
-    xv, yv, kept, stats = label(first, batch=args.batch, iterations=iterations, solvers=solvers,
-                                deadline=float("inf"), what="check+validation")
+    if check_grid == args.grid:  # one call, one compiled shape
+        xv, yv, kept, stats = solve(check_specs + val_specs, args.grid, float("inf"), "check+validation")
+        xc, yc, kept_c = xv, yv, kept
+    else:
+        xc, yc, kept_c, _ = solve(check_specs, check_grid, float("inf"), "check")
+        xv, yv, kept, stats = solve(val_specs, args.grid, float("inf"), "validation")
     report["label_check_and_validation"] = stats
     if ref is not None:
         errs = []
-        for spec, x_, y_ in zip(kept, xv, yv):
+        for spec, x_, y_ in zip(kept_c, xc, yc):
             if spec in check_specs:
                 j = check_specs.index(spec)
                 r = ref["labels"][j]
@@ -310,40 +374,70 @@ def main(argv=None):
         rels = [e["rel_l2"] for e in errs]
         log(f"label check against the reference solver ({len(rels)} glaciers): rel. L2 median "
             f"{np.median(rels):.2e}, max {np.max(rels):.2e}")
-    in_val = [s not in check_specs for s in kept]
-    xv, yv = xv[np.array(in_val)], yv[np.array(in_val)]
-    val_kind = np.array([0 if s[0] == "standard" else 1 for s, f in zip(kept, in_val) if f])
+    in_val = np.array([s in val_specs for s in kept], bool)
+    val_pools = {narrow: (xv[in_val], yv[in_val]) if in_val.any() else (None, None)}  # no check glaciers
+    val_kinds = {narrow: np.array([0 if s[0] == "standard" else 1 for s, f in zip(kept, in_val) if f], int)}
+    wide_val_specs = ([("standard", 36, i) for i in range(args.val_wide_standard)]
+                      + [("default_physics", 37, i) for i in range(args.val_wide_default)])
+    val_pools[wide], val_kinds[wide] = (None, None), np.zeros(0, int)
+    if wide_val_specs:
+        xw, yw, kept_w, report["label_wide_validation"] = solve(wide_val_specs, args.wide_grid,
+                                                                float("inf"), "wide validation")
+        if xw is not None:
+            val_pools[wide] = (xw, yw)
+            val_kinds[wide] = np.array([0 if s[0] == "standard" else 1 for s in kept_w], int)
     save_report()
-    train_specs = []
-    n_s, n_d = args.train_standard, args.train_default
-    # two standard glaciers to one default-physics glacier, interleaved so that any prefix of
-    # the list (the label budget decides how much is solved) has both kinds in proportion
-    for i in range(max(n_s, 2 * n_d)):
-        if i < n_s:
-            train_specs.append(("standard", 30, i))
-        if i % 2 == 0 and i // 2 < n_d:
-            train_specs.append(("default_physics", 31, i // 2))
-    xt, yt, kept_t, stats = label(train_specs, batch=args.batch, iterations=iterations, solvers=solvers,
-                                  deadline=label_deadline, what="train")
-    report["label_train"] = stats
+    train_pools = {}
+    xt, yt, kept_t, report["label_train"] = solve(
+        split_specs(args.train_standard, args.train_default, (30, 31)), args.grid,
+        T0 + args.label_seconds, "train")
+    train_pools[narrow] = (xt, yt)
     report["train_glaciers"] = {"standard": sum(s[0] == "standard" for s in kept_t),
                                 "default_physics": sum(s[0] == "default_physics" for s in kept_t)}
-    xt, yt, report["extra_train"] = add_packed(xt, yt, args.extra_train)
-    xv, yv, report["extra_val"] = add_packed(xv, yv, args.extra_val)
-    val_kind = np.concatenate([val_kind, np.full(report["extra_val"]["samples"], 2)])
-    log("training glaciers", report["train_glaciers"], "packed", report["extra_train"]["samples"],
-        "; validation packed", report["extra_val"]["samples"])
+    wide_specs = split_specs(args.train_wide_standard, args.train_wide_default, (34, 35))
+    train_pools[wide] = (None, None)
+    if wide_specs:
+        xw, yw, kept_w, report["label_train_wide"] = solve(
+            wide_specs, args.wide_grid, time.time() + args.label_wide_seconds, "wide train")
+        train_pools[wide] = (xw, yw)
+        report["train_glaciers_wide"] = {"standard": sum(s[0] == "standard" for s in kept_w),
+                                         "default_physics": sum(s[0] == "default_physics" for s in kept_w)}
+    report["extra_train"] = add_packed(train_pools, args.extra_train, nz)
+    before = {g: 0 if v[0] is None else v[0].shape[0] for g, v in val_pools.items()}
+    report["extra_val"] = add_packed(val_pools, args.extra_val, nz)
+    for g, (x_, _) in val_pools.items():  # packed validation samples: kind 2 ("extra")
+        if x_ is not None:
+            val_kinds[g] = np.concatenate([val_kinds[g], np.full(x_.shape[0] - before[g], 2)])
+    if train_pools[narrow][0] is None:
+        raise SystemExit(f"no training glaciers of {args.grid} x {args.grid} nodes: raise --label-seconds")
+    if all(v[0] is None for v in val_pools.values()):
+        raise SystemExit("no validation glaciers: --val-standard, --val-default, --val-wide-* or --extra-val")
+    log("training glaciers", report["train_glaciers"], report.get("train_glaciers_wide", {}),
+        "packed", report["extra_train"]["per_grid"], "; validation packed", report["extra_val"]["per_grid"])
     save_report()
     del solvers
+    train(args, train_pools[narrow], train_pools[wide],
+          [(val_pools[g][0], val_pools[g][1], val_kinds[g], g == wide) for g in (narrow, wide)
+           if val_pools[g][0] is not None], report, save_report)
 
-    # --- 2. training ---
+
+def train(args, narrow_pool, wide_pool, val_sets, report, save_report):
+    """Phase 2: train every model of ``args.models`` on ``narrow_pool`` ``(x, y)`` and, every
+    ``args.wide_every``-th step, on ``wide_pool`` (``(None, None)``: none); ``val_sets`` are
+    ``(x, y, kinds, wide)`` (kinds 0 standard, 1 default physics, 2 packed). Writes the best
+    parameters of each model to ``args.out`` and the history to ``report``."""
+    nz = DEFAULT_VERTICAL.levels
     models = parse_models(args.models)
     configs, params = start_models(models, args.init, args.seed, nz)
-    xt_d = jnp.asarray(xt)
-    yt_d = jnp.asarray(yt)
-    xv_d, yv_d = jnp.asarray(xv), jnp.asarray(yv)
+    xt_d, yt_d = jnp.asarray(narrow_pool[0]), jnp.asarray(narrow_pool[1])
+    has_wide = wide_pool[0] is not None and len(wide_pool[0]) > 0
+    xw_d, yw_d = (jnp.asarray(wide_pool[0]), jnp.asarray(wide_pool[1])) if has_wide else (None, None)
+    wide_batch = int(getattr(args, "wide_batch", 0) or args.train_batch)
+    val_d = [(jnp.asarray(x), jnp.asarray(y)) for x, y, _, _ in val_sets]
+    val_kind = np.concatenate([kinds for _, _, kinds, _ in val_sets])
+    val_wide = np.concatenate([np.full(len(kinds), w) for _, _, kinds, w in val_sets])
+    report["train_samples"] = {"narrow": int(xt_d.shape[0]), "wide": int(xw_d.shape[0]) if has_wide else 0}
     weights = np.asarray(DEFAULT_VERTICAL.depth_average_weights, np.float32)
-    n_train = xt_d.shape[0]
     speed_range = tuple(float(v) for v in args.speed_scaling.split(",")) if args.speed_scaling else None
     if speed_range is not None and not (len(speed_range) == 2 and 0 < speed_range[0] <= speed_range[1]):
         raise SystemExit(f"--speed-scaling must be LOW,HIGH with 0 < LOW <= HIGH: {args.speed_scaling!r}")
@@ -354,15 +448,16 @@ def main(argv=None):
         return {name: jnp.mean(relative_loss(unet_jax.apply(all_params[name], configs[name], x), y, x[..., 0]))
                 for name in models}
 
-    @jax.jit
-    def step(all_params, states, lrs, key, xt_d, yt_d):
+    @functools.partial(jax.jit, static_argnames=("batch",))
+    def step(all_params, states, lrs, key, x_pool, y_pool, batch):
+        # one compiled step per pool (its shape): the narrow and the wide glaciers
         k1, k2 = jax.random.split(key)  # as before speed scaling existed: same batches
-        idx = jax.random.randint(k1, (args.train_batch,), 0, n_train)
+        idx = jax.random.randint(k1, (batch,), 0, x_pool.shape[0])
         t = jax.random.randint(k2, (), 0, 8)
-        x, y = xt_d[idx], yt_d[idx]
+        x, y = x_pool[idx], y_pool[idx]
         x, y = jax.lax.switch(t, [lambda a, b, tt=tt: dihedral(a, b, tt, nz) for tt in range(8)], x, y)
         if speed_range is not None:
-            log_mu = jax.random.uniform(jax.random.fold_in(key, 3), (args.train_batch,), minval=np.log(speed_range[0]),
+            log_mu = jax.random.uniform(jax.random.fold_in(key, 3), (batch,), minval=np.log(speed_range[0]),
                                         maxval=np.log(speed_range[1]))
             x, y = speed_scale(x, y, jnp.exp(log_mu), DEFAULT_PHYSICS.sliding_exponent)
         def total(ps):
@@ -378,7 +473,7 @@ def main(argv=None):
         return new_p, new_s, each
 
     @jax.jit
-    def validate(all_params, xv_d, yv_d):
+    def validate_one(all_params, xv_d, yv_d):
         out = {}
         for name in models:
             errs = []
@@ -388,14 +483,23 @@ def main(argv=None):
             out[name] = jnp.concatenate(errs)
         return out
 
+    def validate(all_params):
+        """Per model, the errors of every validation glacier, in the order of ``val_sets``."""
+        parts = [validate_one(all_params, x, y) for x, y in val_d]
+        return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in models}
+
     def val_summary(errs):
         errs = np.asarray(errs)
 
         def stat(sel, q):
             return float(np.percentile(errs[sel], q)) if np.any(sel) else float("nan")
 
-        return {"standard_median": stat(val_kind == 0, 50), "standard_p90": stat(val_kind == 0, 90),
-                "default_median": stat(val_kind == 1, 50), "extra_median": stat(val_kind == 2, 50),
+        narrow_sel = ~val_wide
+        return {"standard_median": stat(narrow_sel & (val_kind == 0), 50),
+                "standard_p90": stat(narrow_sel & (val_kind == 0), 90),
+                "default_median": stat(narrow_sel & (val_kind == 1), 50),
+                "extra_median": stat(narrow_sel & (val_kind == 2), 50),
+                "wide_median": stat(val_wide, 50),
                 "all_median": stat(val_kind >= 0, 50)}
 
     def schedule(name, k, total):
@@ -408,7 +512,7 @@ def main(argv=None):
 
     def validate_and_keep(all_params, k):
         """Validate every model; write the parameters of those that improved."""
-        v = validate(all_params, xv_d, yv_d)
+        v = validate(all_params)
         for name in models:
             s = val_summary(v[name])
             history[name].append((k, s))
@@ -416,7 +520,7 @@ def main(argv=None):
                 best[name] = (s["all_median"], k)
                 unet_jax.save_params(os.path.join(args.out, f"{name}.npz"), all_params[name], configs[name])
 
-    v0 = validate(params, xv_d, yv_d)
+    v0 = validate(params)
     history = {name: [] for name in models}
     best = {}
     for name in models:
@@ -433,6 +537,8 @@ def main(argv=None):
     total = None
     t_start = time.time()
     train_losses = {name: [] for name in models}
+    wide_losses = {name: [] for name in models}
+    wide_steps = 0
     while time.time() < train_deadline:
         if total is None and k == 50:
             jax.block_until_ready(params)
@@ -448,23 +554,32 @@ def main(argv=None):
             break
         lrs = {name: jnp.asarray(schedule(name, k, total or 20000), jnp.float32) for name in models}
         key, sub = jax.random.split(key)
-        params, opt_state, loss = step(params, opt_state, lrs, sub, xt_d, yt_d)
+        if has_wide and is_wide_step(k, args.wide_every):
+            params, opt_state, wide_loss = step(params, opt_state, lrs, sub, xw_d, yw_d, batch=wide_batch)
+            wide_steps += 1
+        else:
+            params, opt_state, loss = step(params, opt_state, lrs, sub, xt_d, yt_d, batch=args.train_batch)
         k += 1
-        if k % 100 == 0:
+        if k % 100 == 0:  # the last narrow (and wide) step's losses
             for name in models:
                 train_losses[name].append((k, float(loss[name])))
+                if wide_steps:
+                    wide_losses[name].append((k, float(wide_loss[name])))
         if k % args.validate_every == 0:
             validate_and_keep(params, k)
             log(f"step {k}: " + " ".join(
                 f"{n}: loss {float(loss[n]):.4f} val {history[n][-1][1]['standard_median']:.4f}/"
-                f"{history[n][-1][1]['default_median']:.4f}" for n in models))
+                f"{history[n][-1][1]['default_median']:.4f}/{history[n][-1][1]['wide_median']:.4f}"
+                for n in models))
             save_report()
     if k % args.validate_every:
         validate_and_keep(params, k)
     report["steps"] = k
+    report["wide_steps"] = wide_steps
     report["best"] = {n: {"val_all_median": b[0], "step": b[1]} for n, b in best.items()}
     report["train_loss"] = train_losses
-    log("done:", report["best"])
+    report["train_loss_wide"] = wide_losses
+    log("done:", report["best"], f"({wide_steps} of {k} steps wide)")
     save_report()
 
 
