@@ -367,7 +367,8 @@ def test_wide_steps_and_training_specs_follow_the_package():
 @pytest.mark.slow
 def test_job_labels_and_trains_on_narrow_and_wide_glaciers(tmp_path):
     """The whole job on the CPU at toy size: glaciers of 16 x 16 nodes and wide ones of 24 x 24
-    labelled by the batched solver (validation and training, seeds 32-37), a packed file of the
+    labelled by the batched solver (validation and training, seeds 32-37; the wide ones one at a
+    time, --wide-label-batch), a packed file of the
     wide grid added to the wide pool, a model from scratch trained with every second step on the
     wide glaciers; the report counts them, validates both grids apart, and the best weights
     written are at least as good on the validation glaciers as the start."""
@@ -386,16 +387,18 @@ def test_job_labels_and_trains_on_narrow_and_wide_glaciers(tmp_path):
                     "--val-standard", "1", "--val-default", "1", "--val-wide-standard", "1",
                     "--val-wide-default", "1", "--train-standard", "2", "--train-default", "1",
                     "--train-wide-standard", "2", "--train-wide-default", "0",
-                    "--label-seconds", "1", "--label-wide-seconds", "1", "--train-seconds", "20",
+                    "--wide-label-batch", "1", "--label-seconds", "1", "--label-wide-seconds", "120",
+                    "--train-steps", "160",
                     "--train-batch", "2", "--wide-batch", "1", "--wide-every", "2",
                     "--validate-every", "100", "--extra-train", str(tmp_path / "wide.npz"),
                     "--models", "s:filters=4,prior=2,lr=1e-3"])
     report = json.loads((out / "report.json").read_text())
     assert report["train_glaciers"]["standard"] + report["train_glaciers"]["default_physics"] == 2
     assert report["train_glaciers_wide"] == {"standard": 2, "default_physics": 0}
+    assert report["label_train_wide"]["batches"] == 2 and report["label_train"]["batches"] == 1
     assert report["extra_train"]["per_grid"] == {"24x24": 2}
     assert report["train_samples"] == {"narrow": 2, "wide": 4}
-    assert report["steps"] > 150 and report["wide_steps"] == report["steps"] // 2
+    assert report["steps"] == 160 and report["wide_steps"] == 80 and report["train_wall_seconds"] > 0
     first, *_, last = report["history"]["s"]
     for key in ("standard_median", "default_median", "wide_median"):
         assert np.isfinite(first[1][key]) and np.isfinite(last[1][key])

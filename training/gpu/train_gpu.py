@@ -303,12 +303,16 @@ def main(argv=None):
     p.add_argument("--wide-every", type=int, default=4,
                    help="every WIDE_EVERY-th step trains on the wide pool, when it holds glaciers")
     p.add_argument("--wide-batch", type=int, default=0, help="batch of the wide steps (0: --train-batch)")
+    p.add_argument("--wide-label-batch", type=int, default=0,
+                   help="wide glaciers solved at once (0: --batch); a batch is padded to this size")
     p.add_argument("--check-labels", default=os.path.join(HERE, "check_labels.npz"),
                    help="reference-solver labels of seed-2/6 glaciers to compare with")
     p.add_argument("--batch", type=int, default=384, help="glaciers solved at once")
     p.add_argument("--iterations", default="2000,2500", help="L-BFGS limits, coarse and fine grid")
     p.add_argument("--label-seconds", type=float, default=200.0)
     p.add_argument("--train-seconds", type=float, default=250.0)
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="train exactly this many steps, whatever the time (0: as many as fit --train-seconds)")
     p.add_argument("--models", default="a16:filters=16,init=1,lr=3e-4;b24:filters=24,lr=1e-3")
     p.add_argument("--init", default=os.path.join(HERE, "init.npz"),
                    help="weights (export_weights.py) that models with init=1 start from")
@@ -341,7 +345,8 @@ def main(argv=None):
             json.dump(report, fh, indent=1, default=float)
 
     def solve(specs, grid, deadline, what):
-        return label(specs, batch=args.batch, iterations=iterations, solvers=solvers,
+        batch = args.wide_label_batch or args.batch if grid == args.wide_grid else args.batch
+        return label(specs, batch=batch, iterations=iterations, solvers=solvers,
                      deadline=deadline, what=what, grid=grid)
 
     # --- 1. labels ---
@@ -531,11 +536,12 @@ def train(args, narrow_pool, wide_pool, val_sets, report, save_report):
         unet_jax.save_params(os.path.join(args.out, f"{name}.npz"), params[name], configs[name])
     report["history"] = history
     # time a few steps to fit the schedule into the budget
-    train_deadline = time.time() + args.train_seconds
+    fixed = int(getattr(args, "train_steps", 0) or 0)
+    train_deadline = float("inf") if fixed else time.time() + args.train_seconds
     key = jax.random.PRNGKey(args.seed + 1)
     k = 0
-    total = None
-    t_start = time.time()
+    total = fixed or None
+    t_start = t_begin = time.time()
     train_losses = {name: [] for name in models}
     wide_losses = {name: [] for name in models}
     wide_steps = 0
@@ -576,6 +582,7 @@ def train(args, narrow_pool, wide_pool, val_sets, report, save_report):
         validate_and_keep(params, k)
     report["steps"] = k
     report["wide_steps"] = wide_steps
+    report["train_wall_seconds"] = time.time() - t_begin
     report["best"] = {n: {"val_all_median": b[0], "step": b[1]} for n, b in best.items()}
     report["train_loss"] = train_losses
     report["train_loss_wide"] = wide_losses
