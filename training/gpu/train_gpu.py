@@ -283,6 +283,16 @@ def split_specs(n_standard: int, n_default: int, seeds: tuple) -> list:
     return specs
 
 
+def kind_codes(specs) -> np.ndarray:
+    """Validation kinds of glaciers ``specs``: 0 standard, 1 default physics (2: packed)."""
+    return np.array([0 if s[0] == "standard" else 1 for s in specs], int)
+
+
+def count_kinds(specs) -> dict:
+    """How many of the glaciers ``specs`` are of each config."""
+    return {name: sum(s[0] == name for s in specs) for name in CONFIGS}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "gpu-run"))
@@ -381,7 +391,7 @@ def main(argv=None):
             f"{np.median(rels):.2e}, max {np.max(rels):.2e}")
     in_val = np.array([s in val_specs for s in kept], bool)
     val_pools = {narrow: (xv[in_val], yv[in_val]) if in_val.any() else (None, None)}  # no check glaciers
-    val_kinds = {narrow: np.array([0 if s[0] == "standard" else 1 for s, f in zip(kept, in_val) if f], int)}
+    val_kinds = {narrow: kind_codes([s for s, f in zip(kept, in_val) if f])}
     wide_val_specs = ([("standard", 36, i) for i in range(args.val_wide_standard)]
                       + [("default_physics", 37, i) for i in range(args.val_wide_default)])
     val_pools[wide], val_kinds[wide] = (None, None), np.zeros(0, int)
@@ -390,23 +400,21 @@ def main(argv=None):
                                                                 float("inf"), "wide validation")
         if xw is not None:
             val_pools[wide] = (xw, yw)
-            val_kinds[wide] = np.array([0 if s[0] == "standard" else 1 for s in kept_w], int)
+            val_kinds[wide] = kind_codes(kept_w)
     save_report()
     train_pools = {}
     xt, yt, kept_t, report["label_train"] = solve(
         split_specs(args.train_standard, args.train_default, (30, 31)), args.grid,
         T0 + args.label_seconds, "train")
     train_pools[narrow] = (xt, yt)
-    report["train_glaciers"] = {"standard": sum(s[0] == "standard" for s in kept_t),
-                                "default_physics": sum(s[0] == "default_physics" for s in kept_t)}
+    report["train_glaciers"] = count_kinds(kept_t)
     wide_specs = split_specs(args.train_wide_standard, args.train_wide_default, (34, 35))
     train_pools[wide] = (None, None)
     if wide_specs:
         xw, yw, kept_w, report["label_train_wide"] = solve(
             wide_specs, args.wide_grid, time.time() + args.label_wide_seconds, "wide train")
         train_pools[wide] = (xw, yw)
-        report["train_glaciers_wide"] = {"standard": sum(s[0] == "standard" for s in kept_w),
-                                         "default_physics": sum(s[0] == "default_physics" for s in kept_w)}
+        report["train_glaciers_wide"] = count_kinds(kept_w)
     report["extra_train"] = add_packed(train_pools, args.extra_train, nz)
     before = {g: 0 if v[0] is None else v[0].shape[0] for g, v in val_pools.items()}
     report["extra_val"] = add_packed(val_pools, args.extra_val, nz)
