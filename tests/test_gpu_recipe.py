@@ -371,7 +371,8 @@ def test_job_labels_and_trains_on_narrow_and_wide_glaciers(tmp_path):
     time, --wide-label-batch), a packed file of the
     wide grid added to the wide pool, a model from scratch trained with every second step on the
     wide glaciers; the report counts them, validates both grids apart, and the best weights
-    written are at least as good on the validation glaciers as the start."""
+    written are at least as good on the validation glaciers as the start; import_weights.py
+    makes of them the Keras model with the same output and the run's facts in its metadata."""
     import json
 
     import train_gpu
@@ -406,3 +407,21 @@ def test_job_labels_and_trains_on_narrow_and_wide_glaciers(tmp_path):
     assert report["best"]["s"]["val_all_median"] <= first[1]["all_median"]
     params, config = unet_jax.load_params(out / "s.npz")
     assert config["filters"] == 4 and config["prior"]["smoothing"] == 2.0
+
+    # back on the CPU machine: import_weights.py builds the Keras model, records the run
+    import import_weights
+
+    from glacier_emulator.emulator import Emulator
+
+    import_weights.main([str(out / "s.npz"), str(tmp_path / "s.keras"), "--name", "s",
+                         "--version", "0.1.0", "--report", str(out / "report.json")])
+    emulator = Emulator.load(tmp_path / "s.keras")
+    x = np.stack([train_gpu.inputs_of(g) for g in geos])
+    ref = np.asarray(unet_jax.apply(params, config, jnp.asarray(x)))
+    np.testing.assert_allclose(emulator.model(x).numpy(), ref, atol=1e-4 * np.abs(ref).max())
+    facts = emulator.metadata.training_data
+    assert facts["count"] == 2 + 2 + 2 and facts["validation_count"] == 4
+    assert facts["glaciers"]["standard (seed 34, grid 24)"] == 2
+    assert facts["glaciers"]["packed CPU-labelled samples (pack_samples.py)"]["per_grid"] == {"24x24": 2}
+    assert "one step in 2: a batch of 1 whole 24 x 24 glaciers (80 steps)" in facts["crop"]
+    assert facts["steps"] == 160 and facts["selected_step"] == report["best"]["s"]["step"]

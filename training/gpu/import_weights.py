@@ -17,16 +17,35 @@ def training_facts(report: dict, template=None, name=None) -> dict:
     best = report["best"][name]
     history = dict(report["history"])[name]
     check = [e["rel_l2"] for e in report.get("label_check", [])]
+    grid, wide_grid = a.get("grid", 64), a.get("wide_grid", 96)
+    wide = report.get("train_glaciers_wide", {})
+    packed = report.get("extra_train", {})
+    glaciers = {f"standard (seed 30, SyntheticConfig(grid={grid}))": report["train_glaciers"]["standard"],
+                f"default_physics (seed 31, training/default_physics.yaml, grid {grid})":
+                    report["train_glaciers"]["default_physics"]}
+    if sum(wide.values()):
+        glaciers[f"standard (seed 34, grid {wide_grid})"] = wide["standard"]
+        glaciers[f"default_physics (seed 35, grid {wide_grid})"] = wide["default_physics"]
+    if packed.get("samples"):
+        glaciers["packed CPU-labelled samples (pack_samples.py)"] = {
+            "per_grid": packed.get("per_grid"), "files": packed.get("packed")}
+    wide_steps = report.get("wide_steps", 0)
+    crop = f"none (whole {grid} x {grid} glaciers), 8 mirror/rotation images"
+    if wide_steps:
+        crop += (f"; one step in {a['wide_every']}: a batch of {a.get('wide_batch') or a['train_batch']} "
+                 f"whole {wide_grid} x {wide_grid} glaciers ({wide_steps} steps)")
     facts = {
         "mode": "supervised",
         "recipe": "training/gpu/train_gpu.py",
         "labels": "levels",
-        "count": sum(report["train_glaciers"].values()),
-        "glaciers": {"standard (seed 30, SyntheticConfig())": report["train_glaciers"]["standard"],
-                     "default_physics (seed 31, training/default_physics.yaml)":
-                         report["train_glaciers"]["default_physics"]},
-        "validation_count": a["val_standard"] + a["val_default"],
-        "validation": "seeds 32 (standard) and 33 (default physics), labelled on the GPU",
+        "count": sum(report["train_glaciers"].values()) + sum(wide.values()) + packed.get("samples", 0),
+        "glaciers": glaciers,
+        "validation_count": (a["val_standard"] + a["val_default"] + a.get("val_wide_standard", 0)
+                             + a.get("val_wide_default", 0) + report.get("extra_val", {}).get("samples", 0)),
+        "validation": ("seeds 32 (standard) and 33 (default physics), labelled on the GPU"
+                       + (f"; seeds 36 and 37 at {wide_grid} x {wide_grid} nodes"
+                          if a.get("val_wide_standard", 0) + a.get("val_wide_default", 0) else "")
+                       + ("; packed CPU-labelled samples" if report.get("extra_val", {}).get("samples") else "")),
         "label_solver": ("training/gpu/bp_jax.py: the package's energy and L-BFGS solver ported to "
                          "JAX, float64, two-level start, relative energy tolerance 1e-9"),
         "label_check_vs_reference_solver": ({"n": len(check), "rel_l2_median": float(np.median(check)),
@@ -34,10 +53,12 @@ def training_facts(report: dict, template=None, name=None) -> dict:
         "label_not_converged": report["label_train"]["not_converged"],
         "steps": report["steps"],
         "batch_size": a["train_batch"],
-        "crop": "none (whole 64 x 64 glaciers), 8 mirror/rotation images",
+        "crop": crop,
         "models_spec": a["models"],
         "seconds_per_step": report.get("seconds_per_step"),
-        "label_seconds": report["label_check_and_validation"]["seconds"] + report["label_train"]["seconds"],
+        "label_seconds": sum(report[k]["seconds"] for k in ("label_check_and_validation", "label_train",
+                                                             "label_wide_validation", "label_train_wide")
+                             if k in report),
         "device": ", ".join(report["devices"]),
         "selected_step": best["step"],
         "validation_rel_l2_ubar_median": {"start": history[0][1], "selected": best["val_all_median"]},
