@@ -22,7 +22,9 @@ starts each refinement from the network's prediction plus the previous step's co
 each carries over is measured in one run. ``emulator@xy`` (``@x``, ``@dihedral``; also
 ``emulator@xy+refineN``) is the same weights with another symmetry averaging
 (``Emulator.with_symmetrise``, ``run --symmetrise``), so that its ratio to IGM is measured in the
-same run. ``--igm-variants unified`` leaves out IGM's slow ``solved`` variant.
+same run. ``--named NAME=PATH`` makes a provider ``NAME`` (also ``NAME@MODE``, ``NAME+refineN``)
+of another model file, so that two models (a candidate and the shipped default, say) are timed
+in one run. ``--igm-variants unified`` leaves out IGM's slow ``solved`` variant.
 
 Results: scripts/results/forward.json and forward.md (machine and date included).
 """
@@ -41,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from glacier_emulator.constants import SYMMETRISE_MODES
+from glacier_emulator.dynamics.providers import PROVIDERS
 from glacier_emulator.fields import relative_l2
 from glacier_emulator.provenance import describe_machine, load_average, machine_info
 
@@ -63,7 +66,19 @@ class CountingSolver:
         return self.inner.max_time_step(geometry, velocity)
 
 
-def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
+def parse_named(items) -> dict:
+    """``["NAME=PATH", ...]`` -> ``{NAME: PATH}`` (``--named``); names must not be built-in."""
+    named = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path or any(c in name for c in "@+=") or name in PROVIDERS:
+            raise SystemExit(f"--named {item!r}: give NAME=PATH, NAME without '@', '+', '=' and "
+                             f"not one of {', '.join(PROVIDERS)}")
+        named[name] = path
+    return named
+
+
+def run_provider(name, *, model=None, years=50.0, solver_iterations=100, named=None):
     from glacier_emulator.constants import Physics
     from glacier_emulator.data import example_config, load_example_geometry
     from glacier_emulator.dynamics.providers import make_provider
@@ -77,6 +92,8 @@ def run_provider(name, *, model=None, years=50.0, solver_iterations=100):
     if carry not in ("", "carry", "neither"):
         raise SystemExit(f"unknown provider option +{carry} (valid: +carry, +neither)")
     name, _, symmetrise = name.partition("@")
+    if name in (named or {}):  # another model file: the emulator provider with it
+        name, model = "emulator", named[name]
     if symmetrise and (name != "emulator" or symmetrise not in SYMMETRISE_MODES):
         raise SystemExit(f"unknown provider {name}@{symmetrise} (valid: emulator@MODE, "
                          f"MODE one of {', '.join(SYMMETRISE_MODES)})")
@@ -180,11 +197,15 @@ def main():
     parser.add_argument("--load-run", nargs="+", default=[], metavar="NAME=PATH",
                         help="use a time series saved by an earlier --save-runs instead of running "
                              "NAME (its wall time is read from the file; the table says so)")
+    parser.add_argument("--named", nargs="+", default=[], metavar="NAME=PATH",
+                        help="a provider NAME (NAME@MODE, NAME+refineN) that is the emulator of "
+                             "model file PATH, beside the others in the same run")
     parser.add_argument("--years", type=float, default=50.0)
     parser.add_argument("--igm-variants", nargs="+", default=["unified", "solved"],
                         choices=["unified", "solved"], help="IGM's variants to run when IGM_VENV is set")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
+    named = parse_named(args.named)
     machine = machine_info()
 
     import xarray as xr
@@ -203,14 +224,17 @@ def main():
         walls = []
         for _ in range(args.solver_repeats if name == "solver" else args.repeats):
             ds, wall, extra = run_provider(name, model=args.model, years=args.years,
-                                           solver_iterations=args.solver_iterations)
+                                           solver_iterations=args.solver_iterations, named=named)
             walls.append(wall)
         datasets[name] = ds
         results[name] = dict(
             wall_s=statistics.median(walls), steps=int(ds["n_steps"].values[-1]) if "n_steps" in ds else None,
             volume_2050_km3=float(ds["volume"].values[-1]) / 1e9, **extra,
         )
-        if name.startswith("emulator"):
+        base = name.partition("+")[0].partition("@")[0]
+        if base in named:
+            results[name]["model"] = named[base]
+        elif base == "emulator":
             results[name]["model"] = args.model or "shipped default"
         print(name, json.dumps(results[name]), flush=True)
         if args.save_runs:

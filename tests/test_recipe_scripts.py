@@ -489,7 +489,8 @@ def test_bench_refine_measures_error_and_time_per_iteration_budget(workdir):
 def test_bench_forward_runs_a_symmetry_averaging_as_a_provider(workdir):
     """scripts/bench_forward.py's ``emulator@MODE``: the same weights with that averaging in the
     same run (a model file of that averaging gives the same run, another averaging another one);
-    a mode that does not exist is refused."""
+    a mode that does not exist is refused; ``--named NAME=PATH`` runs another model file as
+    provider NAME (NAME@MODE too) in the same run."""
     bench = runpy.run_path(str(ROOT / "scripts" / "bench_forward.py"))
     model = workdir / "tiny3d.keras"  # symmetrise x
     dihedral = workdir / "bench-forward-d.keras"
@@ -502,6 +503,15 @@ def test_bench_forward_runs_a_symmetry_averaging_as_a_provider(workdir):
     assert np.abs(c - a).max() > 1e-4
     with pytest.raises(SystemExit, match="emulator@yx"):
         bench["run_provider"]("emulator@yx", model=model, years=0.3)
+    # --named: another model file as a provider of its own, with its averaging options
+    named = bench["parse_named"]([f"cand={dihedral}"])
+    d = bench["run_provider"]("cand", model=model, years=0.3, named=named)[0]["thk"].values[-1]
+    e = bench["run_provider"]("cand@x", model=dihedral, years=0.3, named=named)[0]["thk"].values[-1]
+    np.testing.assert_allclose(d, a, rtol=0, atol=1e-6 * np.abs(a).max())
+    np.testing.assert_allclose(e, c, rtol=0, atol=1e-6 * np.abs(c).max())
+    for bad in ("cand", "solver=x.keras", "a@b=x.keras"):
+        with pytest.raises(SystemExit, match="--named"):
+            bench["parse_named"]([bad])
 
 
 def test_compare_models_pairs_the_glaciers_of_two_models(workdir, monkeypatch):
