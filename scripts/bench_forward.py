@@ -128,7 +128,7 @@ def run_provider(name, *, model=None, years=50.0, solver_iterations=100, named=N
     t0 = time.perf_counter()
     ds = stepper.run_until_and_store(config.start_time + years, every=config.save_every)
     wall = time.perf_counter() - t0
-    extra = {}
+    extra = {"model": str(model) if model else "shipped default"} if name == "emulator" else {}
     if isinstance(provider, CountingSolver):
         its = [k for k, _ in provider.log]
         extra = dict(velocity_solves=len(its), iterations_median=float(np.median(its)),
@@ -231,11 +231,6 @@ def main():
             wall_s=statistics.median(walls), steps=int(ds["n_steps"].values[-1]) if "n_steps" in ds else None,
             volume_2050_km3=float(ds["volume"].values[-1]) / 1e9, **extra,
         )
-        base = name.partition("+")[0].partition("@")[0]
-        if base in named:
-            results[name]["model"] = named[base]
-        elif base == "emulator":
-            results[name]["model"] = args.model or "shipped default"
         print(name, json.dumps(results[name]), flush=True)
         if args.save_runs:
             saved = ds.copy()

@@ -505,7 +505,9 @@ def test_bench_forward_runs_a_symmetry_averaging_as_a_provider(workdir):
         bench["run_provider"]("emulator@yx", model=model, years=0.3)
     # --named: another model file as a provider of its own, with its averaging options
     named = bench["parse_named"]([f"cand={dihedral}"])
-    d = bench["run_provider"]("cand", model=model, years=0.3, named=named)[0]["thk"].values[-1]
+    d_run = bench["run_provider"]("cand", model=model, years=0.3, named=named)
+    assert d_run[2]["model"] == str(dihedral)  # the results' "model": the named file
+    d = d_run[0]["thk"].values[-1]
     e = bench["run_provider"]("cand@x", model=dihedral, years=0.3, named=named)[0]["thk"].values[-1]
     np.testing.assert_allclose(d, a, rtol=0, atol=1e-6 * np.abs(a).max())
     np.testing.assert_allclose(e, c, rtol=0, atol=1e-6 * np.abs(c).max())

@@ -50,7 +50,8 @@ def training_facts(report: dict, template=None, name=None) -> dict:
                          "JAX, float64, two-level start, relative energy tolerance 1e-9"),
         "label_check_vs_reference_solver": ({"n": len(check), "rel_l2_median": float(np.median(check)),
                                              "rel_l2_max": float(np.max(check))} if check else None),
-        "label_not_converged": report["label_train"]["not_converged"],
+        "label_not_converged": sum(report[k]["not_converged"] for k in ("label_train", "label_train_wide")
+                                   if k in report),
         "steps": report["steps"],
         "batch_size": a["train_batch"],
         "crop": crop,

@@ -445,7 +445,7 @@ def train(args, narrow_pool, wide_pool, val_sets, report, save_report):
     xt_d, yt_d = jnp.asarray(narrow_pool[0]), jnp.asarray(narrow_pool[1])
     has_wide = wide_pool[0] is not None and len(wide_pool[0]) > 0
     xw_d, yw_d = (jnp.asarray(wide_pool[0]), jnp.asarray(wide_pool[1])) if has_wide else (None, None)
-    wide_batch = int(getattr(args, "wide_batch", 0) or args.train_batch)
+    wide_batch = args.wide_batch or args.train_batch
     val_d = [(jnp.asarray(x), jnp.asarray(y)) for x, y, _, _ in val_sets]
     val_kind = np.concatenate([kinds for _, _, kinds, _ in val_sets])
     val_wide = np.concatenate([np.full(len(kinds), w) for _, _, kinds, w in val_sets])
@@ -544,7 +544,7 @@ def train(args, narrow_pool, wide_pool, val_sets, report, save_report):
         unet_jax.save_params(os.path.join(args.out, f"{name}.npz"), params[name], configs[name])
     report["history"] = history
     # time a few steps to fit the schedule into the budget
-    fixed = int(getattr(args, "train_steps", 0) or 0)
+    fixed = args.train_steps
     train_deadline = float("inf") if fixed else time.time() + args.train_seconds
     key = jax.random.PRNGKey(args.seed + 1)
     k = 0
