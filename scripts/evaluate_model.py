@@ -190,7 +190,9 @@ def _training_summary(md) -> str:
         recipe = (f"derived from {source}; recipe of the source: "
                   f"`{recipe_file(cfg.get('name', '?'), *versions)}`")
     else:
-        recipe = f"recipe: `{recipe_file(md['name'], *versions)}`"
+        # the config's name: a model shipped under another name (velocity3d-prior-large) keeps
+        # the name it was trained under in its config
+        recipe = f"recipe: `{recipe_file(cfg.get('name') or md['name'], *versions)}`"
     commands = "training/README.md"
     if td.get("recipe"):  # the GPU recipe (training/gpu/import_weights.py writes these facts)
         recipe = f"recipe: `{td['recipe']}`" + (f" from {td['init_from']}" if td.get("init_from") else "")

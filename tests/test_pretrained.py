@@ -33,7 +33,10 @@ def test_two_models_ship_and_one_is_the_default():
     assert Emulator.pretrained().name == defaults[0]
     for m in MODELS:
         assert m["available"], m["path"]
-        assert Path(m["path"]).stat().st_size <= 10 * 2**20  # the issue: <= 50 MB, aim <= 10 MB
+        # the issue: <= 50 MB a file, aim <= 10 MB: the defaults and the earlier models meet the
+        # aim; the opt-in velocity3d-prior-large (32 filters, float16) is 15.8 MB
+        limit = 50e6 if m["name"].endswith("-large") else 10 * 2**20
+        assert Path(m["path"]).stat().st_size <= limit, (m["name"], Path(m["path"]).stat().st_size)
 
 
 def test_the_default_pair_stores_its_kernels_as_float16():
@@ -48,6 +51,21 @@ def test_the_default_pair_stores_its_kernels_as_float16():
         counts = stored_dtypes(info["path"])
         assert info["weights_dtype"] == "float16" and counts["float16"] > 100 * counts["float32"]
         assert "stored as float16" in Path(info["path"]).with_suffix(".md").read_text()
+
+
+def test_the_large_model_is_the_more_accurate_opt_in_one():
+    """velocity3d-prior-large (32 filters) ships beside the default pair, not as it: its card's
+    held-out errors are lower than velocity3d-prior's on every set they share, and it is not the
+    default."""
+    large, prior = (next(m for m in MODELS if m["name"] == n) for n in ("velocity3d-prior-large", "velocity3d-prior"))
+    assert not large.get("default") and large["weights_dtype"] == "float16"
+    assert large["architecture"]["filters"] > prior["architecture"]["filters"]
+    a, b = large["accuracy"]["held_out"], prior["accuracy"]["held_out"]
+    assert a["rel_l2_ubar"]["median"] < b["rel_l2_ubar"]["median"]
+    shared = set(a["extra"]) & set(b["extra"])
+    assert shared >= {"default-physics", "evolved", "larger-96"}
+    for key in shared:
+        assert a["extra"][key]["rel_l2_ubar"]["median"] < b["extra"][key]["rel_l2_ubar"]["median"], key
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -80,6 +80,20 @@ def test_set_symmetrise_writes_the_same_weights_with_the_new_mode(workdir, monke
     np.testing.assert_allclose(a.u, b.u, rtol=1e-6, atol=1e-6)
 
 
+def test_set_symmetrise_can_ship_the_network_under_another_name(workdir, monkeypatch):
+    """velocity3d-prior-large: a network trained as velocity3d-prior, shipped under its own name
+    and description (its card's recipe: test_model_card_names_the_recipe_of_the_models_version)."""
+    run_script(ROOT / "training" / "set_symmetrise.py",
+               [workdir / "tiny3d.keras", workdir / "tiny3d-large.keras", "--symmetrise", "dihedral",
+                "--name", "tiny3d-large", "--description", "the opt-in one"], monkeypatch)
+    source, out = Emulator.load(workdir / "tiny3d.keras"), Emulator.load(workdir / "tiny3d-large.keras")
+    assert out.name == "tiny3d-large" and out.metadata.description == "the opt-in one"
+    assert source.name != out.name and out.metadata.version == source.metadata.version
+    geometry = read_geometry(workdir / "test" / "sample_00000.nc")
+    np.testing.assert_allclose(out.predict_geometry(geometry).u,
+                               source.with_symmetrise("dihedral").predict_geometry(geometry).u, rtol=1e-6, atol=1e-6)
+
+
 def test_set_symmetrise_can_store_the_weights_as_float16(workdir, monkeypatch):
     run_script(ROOT / "training" / "set_symmetrise.py",
                [workdir / "tiny3d.keras", workdir / "tiny3d-f16.keras", "--symmetrise", "x",
@@ -261,6 +275,11 @@ def test_model_card_names_the_recipe_of_the_models_version(tmp_path):
     assert "`training/configs/velocity3d-prior-widesteps.yaml`" in summary
     assert "8000 steps of batch 8 on 64-node crops (one batch in 4: 96-node crops of the 208 " \
         "glaciers whose grid holds them)" in summary
+    # velocity3d-prior-large, trained as velocity3d-prior 3.0.0-w32 and shipped under its own
+    # name: the card finds its recipe by the name in its training config
+    md = json.loads((ROOT / "pretrained" / "velocity3d-prior-large.json").read_text())
+    assert (md["name"], md["training_data"]["config"]["name"]) == ("velocity3d-prior-large", "velocity3d-prior")
+    assert "`training/configs/velocity3d-prior-large.yaml`" in script["_training_summary"](md)
     (tmp_path / "stage9.yaml").write_text("name: velocity3d-prior\nversion: 9.0.0\n")
     (tmp_path / "other.yaml").write_text("name: another\nversion: 9.0.0\n")
     assert recipe_file("velocity3d-prior", "9.0.0", configs=tmp_path) == "training/configs/stage9.yaml"

@@ -30,6 +30,9 @@ def main(argv=None) -> int:
     parser.add_argument("--weights-dtype", choices=WEIGHTS_DTYPES,
                         help="how the file stores the weights (default: as the source does); the "
                              "shipped models are float16, half the size (glacier_emulator.io.weights)")
+    parser.add_argument("--name", help="the new model's name (default: the source's); a model shipped "
+                                       "beside another of the same network under its own name")
+    parser.add_argument("--description", help="the new description (default: the source's)")
     args = parser.parse_args(argv)
 
     import dataclasses
@@ -42,8 +45,9 @@ def main(argv=None) -> int:
     training["symmetrise"] = (f"trained with symmetrise={source.model.symmetrise!r}, predicts with "
                               f"{args.symmetrise!r} (training/set_symmetrise.py)")
     fields = dict(training_data=training)
-    if args.version:
-        fields["version"] = args.version
+    for key in ("version", "name", "description"):
+        if getattr(args, key):
+            fields[key] = getattr(args, key)
     out = Emulator(out.model, dataclasses.replace(out.metadata, **fields))
     out.save(Path(args.output), weights_dtype=args.weights_dtype)
     print(f"{args.output}: {out!r} symmetrise={args.symmetrise} "
