@@ -10,7 +10,9 @@ transformed predictions mapped back and averaged. Training uses ``x`` (two image
 mirrors and rotations of the crops); the shipped models predict with ``dihedral`` (measured in
 training/runs/notes.md). The metadata records the change under ``training_data``.
 ``--weights-dtype float16`` stores the large kernels at half precision (half the file; the
-predictions change by about 1e-4 of the speed), as the shipped models are.
+predictions change by about 1e-4 of the speed), as the shipped models are. ``--name`` and
+``--description`` ship the network under another name (``velocity3d-prior-large``, trained as
+``velocity3d-prior``: training/README.md step 2m).
 """
 from __future__ import annotations
 
