@@ -228,7 +228,10 @@ def test_run_names_the_held_out_errors_of_the_default():
     assert _accuracy_note(emulator.with_refine(7)) == ""  # not measured: nothing claimed
 
 
-FORWARD = [m["name"] for m in MODELS if m.get("forward_runs", True)]
+# a 3-D model whose contracted depth-averaged model ships (its levels_model) drives a run exactly
+# as that model does (test_depth_averaged_model_is_the_contracted_3d_model): the run is tested once
+CONTRACTED_FROM = {m["levels_model"] for m in MODELS if m.get("levels_model")}
+FORWARD = [m["name"] for m in MODELS if m.get("forward_runs", True) and m["name"] not in CONTRACTED_FROM]
 
 
 def test_the_default_model_is_marked_for_forward_runs():
