@@ -347,6 +347,86 @@ def test_packed_samples_are_what_training_reads(glaciers, tmp_path):
     assert not (tmp_path / "bad.npz").exists()
 
 
+def test_states_packed_unlabelled_are_labelled_by_the_job_as_the_reference_solver_does(glaciers, tmp_path):
+    """States of a forward run written without labels (``evolved_states.py --no-labels``) and
+    glaciers of the generator, packed by ``pack_samples.py --geometries``, come back as the same
+    glaciers (thickness, bed, sliding and rate factor fields, spacing, kind); the job's
+    ``add_packed_geometries`` solves them with its batched solver into the pool of their grid:
+    its inputs are those the job builds of the glaciers, its labels those of the reference
+    solver. A grid the job has no pool for, files of two grid sizes and half precision are
+    refused."""
+    import pack_samples
+    import train_gpu
+
+    sys.path.insert(0, str(GPU_DIR.parent))
+    import evolved_states
+    from glacier_emulator.io import read_geometry, write_geometry
+    from glacier_emulator.numerics.solver import solve
+
+    # a state of a one-year shallow-ice run of a generator glacier, written unsolved
+    source = tmp_path / "geo"
+    source.mkdir()
+    write_geometry(glaciers[0], source / "sample_00000.nc")
+    states = tmp_path / "states"
+    assert evolved_states.main([str(source), "-o", str(states), "--years", "1", "--model", "sia",
+                                "--no-labels"]) == 0
+    written = sorted(states.glob("*.nc"))
+    assert [f.name for f in written] == ["sample_00000_year001.nc"]
+    import xarray as xr
+
+    with xr.open_dataset(written[0]) as ds:
+        assert "uvel" not in ds and "ubar" not in ds
+        assert float(ds.attrs["years_evolved"]) == 1.0 and ds.attrs["driven_by"] == "sia"
+    state = read_geometry(written[0])
+    assert not np.array_equal(state.thickness, glaciers[0].thickness)  # it moved
+
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    write_geometry(glaciers[1], folder / "sample_00001.nc")  # varying sliding and rate factor
+    (folder / "sample_00000.nc").write_bytes(written[0].read_bytes())
+    assert pack_samples.main(["--geometries", str(folder), "-o", str(tmp_path / "g.npz")]) == 0
+    geometries, files = pack_samples.load_geometries(tmp_path / "g.npz")
+    assert [Path(f).name for f in files] == ["sample_00000.nc", "sample_00001.nc"]
+    for got, want in zip(geometries, (state, glaciers[1])):
+        assert got.dx == want.dx and got.shape == want.shape
+        for name in ("thickness", "bed", "sliding_coefficient", "rate_factor"):
+            np.testing.assert_allclose(np.broadcast_to(getattr(got, name), got.shape),
+                                       np.broadcast_to(getattr(want, name), want.shape), rtol=1e-6)
+    assert geometries[1].attrs["kind"] == glaciers[1].attrs["kind"]
+    assert np.ptp(geometries[1].sliding_coefficient) > 0
+
+    solvers = {}
+
+    def job_solve(specs, grid, deadline, what, geometry_of=None):
+        return train_gpu.label(specs, batch=2, iterations=(2000, 3000), solvers=solvers,
+                               deadline=deadline, what=what, grid=grid, geometry_of=geometry_of)
+
+    nz = DEFAULT_VERTICAL.levels
+    pools = {(16, 16): (None, None), (24, 24): (None, None)}
+    facts = train_gpu.add_packed_geometries(pools, [str(tmp_path / "g.npz")], job_solve, "test")
+    assert facts["samples"] == 2 and facts["not_converged"] == 0 and facts["per_grid"] == {"24x24": 2}
+    assert pools[(16, 16)] == (None, None)
+    x, y = pools[(24, 24)]
+    assert x.shape == (2, 24, 24, 6) and y.shape == (2, 24, 24, 2 * nz)
+    for i, want in enumerate((state, glaciers[1])):
+        np.testing.assert_allclose(x[i], train_gpu.inputs_of(want), rtol=1e-5, atol=1e-5)
+        ref = solve(want).velocity
+        err = relative_l2(y[i].transpose(2, 0, 1), np.concatenate([ref.u, ref.v]))
+        assert err < 5e-3, f"glacier {i}: {err:.2e}"
+        assert np.abs(ref.u).max() > 1.0
+
+    with pytest.raises(SystemExit, match="24 x 24 nodes; the job's grids are 16 x 16, 32 x 32"):
+        train_gpu.add_packed_geometries({(16, 16): (None, None), (32, 32): (None, None)},
+                                        [str(tmp_path / "g.npz")], job_solve, "test")
+    other = tmp_path / "other"
+    other.mkdir()
+    write_geometry(sample_geometry(0, seed=8, config=SyntheticConfig(grid=16)), other / "sample_00000.nc")
+    assert pack_samples.main(["--geometries", str(folder), str(other), "-o", str(tmp_path / "bad.npz")]) == 1
+    assert not (tmp_path / "bad.npz").exists()
+    with pytest.raises(SystemExit):
+        pack_samples.main(["--geometries", "--float16", str(folder), "-o", str(tmp_path / "h.npz")])
+
+
 def test_wide_steps_and_training_specs_follow_the_package():
     """The job's wide steps are the package's (StreamConfig.is_wide_step); its training lists keep
     two standard glaciers to one default-physics glacier in every prefix."""
@@ -370,7 +450,8 @@ def test_job_labels_and_trains_on_narrow_and_wide_glaciers(tmp_path):
     labelled by the batched solver (validation and training, seeds 32-37; the wide ones one at a
     time, --wide-label-batch), a packed file of the
     wide grid added to the wide pool, a model from scratch trained with every second step on the
-    wide glaciers; the report counts them, validates both grids apart, and the best weights
+    wide glaciers, and packed unlabelled glaciers (pack_samples.py --geometries) solved by the job
+    for training and validation; the report counts them, validates both grids apart, and the best weights
     written are at least as good on the validation glaciers as the start; import_weights.py
     makes of them the Keras model with the same output and the run's facts in its metadata."""
     import json
@@ -382,6 +463,16 @@ def test_job_labels_and_trains_on_narrow_and_wide_glaciers(tmp_path):
     x = np.stack([train_gpu.inputs_of(g) for g in geos])
     np.savez(tmp_path / "wide.npz", x=x, y=np.zeros(x.shape[:3] + (2 * nz,), "float32"),
              files=np.array(json.dumps(["a.nc", "b.nc"])), zeta=np.asarray(DEFAULT_VERTICAL.zeta))
+    import pack_samples
+
+    from glacier_emulator.io import write_geometry
+
+    for name, seeds in (("geo-train", (10, 11)), ("geo-val", (12,))):  # unlabelled, solved by the job
+        (tmp_path / name).mkdir()
+        for k, seed in enumerate(seeds):
+            write_geometry(sample_geometry(k, seed=seed, config=SyntheticConfig(grid=16)),
+                           tmp_path / name / f"sample_{k:05d}.nc")
+        assert pack_samples.main(["--geometries", str(tmp_path / name), "-o", str(tmp_path / f"{name}.npz")]) == 0
     out = tmp_path / "out"
     train_gpu.main(["--out", str(out), "--grid", "16", "--wide-grid", "24", "--check-labels", "",
                     "--init", str(tmp_path / "none.npz"), "--batch", "2",
@@ -392,18 +483,23 @@ def test_job_labels_and_trains_on_narrow_and_wide_glaciers(tmp_path):
                     "--train-steps", "160",
                     "--train-batch", "2", "--wide-batch", "1", "--wide-every", "2",
                     "--validate-every", "100", "--extra-train", str(tmp_path / "wide.npz"),
+                    "--extra-train-geometries", str(tmp_path / "geo-train.npz"),
+                    "--extra-val-geometries", str(tmp_path / "geo-val.npz"),
                     "--models", "s:filters=4,prior=2,lr=1e-3"])
     report = json.loads((out / "report.json").read_text())
     assert report["train_glaciers"]["standard"] + report["train_glaciers"]["default_physics"] == 2
     assert report["train_glaciers_wide"] == {"standard": 2, "default_physics": 0}
     assert report["label_train_wide"]["batches"] == 2 and report["label_train"]["batches"] == 1
     assert report["extra_train"]["per_grid"] == {"24x24": 2}
-    assert report["train_samples"] == {"narrow": 2, "wide": 4}
+    assert report["extra_train_geometries"]["per_grid"] == {"16x16": 2}
+    assert report["extra_val_geometries"]["per_grid"] == {"16x16": 1}
+    assert report["extra_train_geometries"]["batches"] == 1 and report["extra_train_geometries"]["seconds"] > 0
+    assert report["train_samples"] == {"narrow": 2 + 2, "wide": 4}
     assert report["steps"] == 160 and report["wide_steps"] == 80 and report["train_wall_seconds"] > 0
     first, *_, last = report["history"]["s"]
     for key in ("standard_median", "default_median", "wide_median"):
         assert np.isfinite(first[1][key]) and np.isfinite(last[1][key])
-    assert np.isnan(first[1]["extra_median"])
+    assert np.isfinite(first[1]["extra_median"])  # the labelled validation geometry
     assert report["best"]["s"]["val_all_median"] <= first[1]["all_median"]
     params, config = unet_jax.load_params(out / "s.npz")
     assert config["filters"] == 4 and config["prior"]["smoothing"] == 2.0
@@ -420,7 +516,9 @@ def test_job_labels_and_trains_on_narrow_and_wide_glaciers(tmp_path):
     ref = np.asarray(unet_jax.apply(params, config, jnp.asarray(x)))
     np.testing.assert_allclose(emulator.model(x).numpy(), ref, atol=1e-4 * np.abs(ref).max())
     facts = emulator.metadata.training_data
-    assert facts["count"] == 2 + 2 + 2 and facts["validation_count"] == 4
+    assert facts["count"] == 2 + 2 + 2 + 2 and facts["validation_count"] == 4 + 1
+    assert facts["glaciers"]["packed geometries labelled on the GPU (pack_samples.py --geometries)"][
+        "per_grid"] == {"16x16": 2}
     assert facts["glaciers"]["standard (seed 34, grid 24)"] == 2
     assert facts["glaciers"]["packed CPU-labelled samples (pack_samples.py)"]["per_grid"] == {"24x24": 2}
     assert "one step in 2: a batch of 1 whole 24 x 24 glaciers (80 steps)" in facts["crop"]

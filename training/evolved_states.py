@@ -15,6 +15,11 @@ ice-surface elevation, drawn from ``--ela-percentiles`` with a generator seeded 
 The files are a held-out set for the model cards (``evaluate_model.py --extra-test``) or
 training data of the states emulators meet in forward runs. Physics: the package defaults
 (with the input's sliding and rate factor fields).
+
+``--no-labels`` writes the states' geometries without solving them (the same files, attributes
+and names, as ``make-dataset --no-labels`` writes the generator's): the forward runs cost a few
+seconds a glacier, the solves most of the time on a CPU; the GPU job labels such states itself
+(``training/gpu/pack_samples.py --geometries``, then ``train_gpu.py --extra-train-geometries``).
 """
 from __future__ import annotations
 
@@ -32,12 +37,15 @@ def ela_for(geometry, index: int, seed: int, percentiles) -> float:
     return float(np.percentile(surface, rng.choice(list(percentiles))))
 
 
-def evolve_and_label(path, out, *, index, years, seed, percentiles, emulator):
+def evolve_and_label(path, out, *, index, years, seed, percentiles, emulator, labels=True):
     """Run the geometry in ``path`` forward with ``emulator`` (None: the shallow-ice model); label
-    the states at ``years``; returns the number of files written."""
+    the states at ``years`` (``labels=False``: write their geometries unsolved); returns the
+    number of files written."""
+    import dataclasses
+
     from glacier_emulator.dynamics import Stepper, make_provider
     from glacier_emulator.dynamics.smb import ELASMB
-    from glacier_emulator.io import read_geometry
+    from glacier_emulator.io import read_geometry, write_geometry
     from glacier_emulator.learning.dataset import label_geometry
     import xarray as xr
 
@@ -56,11 +64,14 @@ def evolve_and_label(path, out, *, index, years, seed, percentiles, emulator):
         stepper.run_until(float(year))
         if target.exists():
             continue
-        label_geometry(stepper.geometry, target, attrs={
-            "sample_index": index, "seed": seed, "kind": kind,
-            "source": Path(path).name, "ela_m": ela, "years_evolved": float(year),
-            "driven_by": "sia" if emulator is None else f"{emulator.name} {emulator.metadata.version}",
-        })
+        attrs = {"sample_index": index, "seed": seed, "kind": kind,
+                 "source": Path(path).name, "ela_m": ela, "years_evolved": float(year),
+                 "driven_by": "sia" if emulator is None else f"{emulator.name} {emulator.metadata.version}"}
+        if labels:
+            label_geometry(stepper.geometry, target, attrs=attrs)
+        else:
+            state = stepper.geometry
+            write_geometry(dataclasses.replace(state, attrs={**state.attrs, **attrs}), target)
         written += 1
     return written
 
@@ -74,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start", type=int, default=0, help="first file index")
     p.add_argument("--samples", type=int, default=None, help="number of files (default: all)")
+    p.add_argument("--no-labels", action="store_true",
+                   help="write the states' geometries without solving them (for the GPU job to label)")
     p.add_argument("--model", default="velocity3d-prior",
                    help="emulator driving the runs: a shipped name or a .keras file; 'sia' for the shallow-ice model")
     args = p.parse_args(argv)
@@ -94,7 +107,8 @@ def main(argv=None) -> int:
         emulator = None if args.model == "sia" else resolve_model(args.model)
         for index in range(args.start, min(stop, len(files))):
             written += evolve_and_label(files[index], args.output, index=index, years=args.years,
-                                        seed=args.seed, percentiles=args.ela_percentiles, emulator=emulator)
+                                        seed=args.seed, percentiles=args.ela_percentiles, emulator=emulator,
+                                        labels=not args.no_labels)
             print(f"{files[index].name}: done", file=sys.stderr, flush=True)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)

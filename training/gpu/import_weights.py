@@ -20,6 +20,8 @@ def training_facts(report: dict, template=None, name=None) -> dict:
     grid, wide_grid = a.get("grid", 64), a.get("wide_grid", 96)
     wide = report.get("train_glaciers_wide", {})
     packed = report.get("extra_train", {})
+    geometries = report.get("extra_train_geometries", {})
+    val_geometries = report.get("extra_val_geometries", {})
     glaciers = {f"standard (seed 30, SyntheticConfig(grid={grid}))": report["train_glaciers"]["standard"],
                 f"default_physics (seed 31, training/default_physics.yaml, grid {grid})":
                     report["train_glaciers"]["default_physics"]}
@@ -29,6 +31,10 @@ def training_facts(report: dict, template=None, name=None) -> dict:
     if packed.get("samples"):
         glaciers["packed CPU-labelled samples (pack_samples.py)"] = {
             "per_grid": packed.get("per_grid"), "files": packed.get("packed")}
+    if geometries.get("samples"):
+        glaciers["packed geometries labelled on the GPU (pack_samples.py --geometries)"] = {
+            "per_grid": geometries.get("per_grid"), "kinds": geometries.get("kinds"),
+            "files": geometries.get("packed")}
     wide_steps = report.get("wide_steps", 0)
     crop = f"none (whole {grid} x {grid} glaciers), 8 mirror/rotation images"
     if wide_steps:
@@ -38,19 +44,23 @@ def training_facts(report: dict, template=None, name=None) -> dict:
         "mode": "supervised",
         "recipe": "training/gpu/train_gpu.py",
         "labels": "levels",
-        "count": sum(report["train_glaciers"].values()) + sum(wide.values()) + packed.get("samples", 0),
+        "count": (sum(report["train_glaciers"].values()) + sum(wide.values()) + packed.get("samples", 0)
+                  + geometries.get("samples", 0)),
         "glaciers": glaciers,
         "validation_count": (a["val_standard"] + a["val_default"] + a.get("val_wide_standard", 0)
-                             + a.get("val_wide_default", 0) + report.get("extra_val", {}).get("samples", 0)),
+                             + a.get("val_wide_default", 0) + report.get("extra_val", {}).get("samples", 0)
+                             + val_geometries.get("samples", 0)),
         "validation": ("seeds 32 (standard) and 33 (default physics), labelled on the GPU"
                        + (f"; seeds 36 and 37 at {wide_grid} x {wide_grid} nodes"
                           if a.get("val_wide_standard", 0) + a.get("val_wide_default", 0) else "")
-                       + ("; packed CPU-labelled samples" if report.get("extra_val", {}).get("samples") else "")),
+                       + ("; packed CPU-labelled samples" if report.get("extra_val", {}).get("samples") else "")
+                       + ("; packed geometries labelled on the GPU" if val_geometries.get("samples") else "")),
         "label_solver": ("training/gpu/bp_jax.py: the package's energy and L-BFGS solver ported to "
                          "JAX, float64, two-level start, relative energy tolerance 1e-9"),
         "label_check_vs_reference_solver": ({"n": len(check), "rel_l2_median": float(np.median(check)),
                                              "rel_l2_max": float(np.max(check))} if check else None),
-        "label_not_converged": sum(report[k]["not_converged"] for k in ("label_train", "label_train_wide")
+        "label_not_converged": sum(report[k]["not_converged"] for k in ("label_train", "label_train_wide",
+                                                                         "extra_train_geometries")
                                    if k in report),
         "steps": report["steps"],
         "batch_size": a["train_batch"],
@@ -58,7 +68,8 @@ def training_facts(report: dict, template=None, name=None) -> dict:
         "models_spec": a["models"],
         "seconds_per_step": report.get("seconds_per_step"),
         "label_seconds": sum(report[k]["seconds"] for k in ("label_check_and_validation", "label_train",
-                                                             "label_wide_validation", "label_train_wide")
+                                                             "label_wide_validation", "label_train_wide",
+                                                             "extra_val_geometries", "extra_train_geometries")
                              if k in report),
         "device": ", ".join(report["devices"]),
         "selected_step": best["step"],

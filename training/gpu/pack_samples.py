@@ -11,6 +11,16 @@ labels, the physics checked against the package's defaults) and writes ``x`` (N,
 ``y`` (N, ny, nx, 2 Nz), ``files`` and ``zeta`` to one compressed ``.npz``, small enough to
 travel with the working tree (64 MB in all): ``--float16`` halves it (relative rounding 5e-4,
 about the solver's own label tolerance).
+
+``--geometries`` packs glaciers **without labels** for the GPU job to solve (``train_gpu.py
+--extra-train-geometries / --extra-val-geometries``): what the solver needs of each file
+(``read_geometry``: thickness, bed, sliding coefficient and rate factor fields, grid spacing),
+float32, with each file's glacier ``kind``. On a CPU the forward runs that make such states
+(``training/evolved_states.py --no-labels``) cost seconds a glacier where solving them costs
+minutes; the GPU job's batched solver labels hundreds in a batch.
+
+    python training/evolved_states.py --no-labels data/geo -o data/states-geo --years 25 60
+    python training/gpu/pack_samples.py --geometries data/states-geo -o training/gpu/states-geo.npz
 """
 import argparse
 import json
@@ -51,6 +61,63 @@ def pack(paths, output, *, float16: bool = False) -> dict:
                 megabytes=Path(output).stat().st_size / 2**20)
 
 
+def pack_geometries(paths, output) -> dict:
+    """Write the geometries of the NetCDF files ``paths`` (files and folders; labels, if any, are
+    not read) to ``output`` for the GPU job to label; returns facts. One grid, square cells."""
+    import xarray as xr
+
+    from glacier_emulator.constants import DEFAULT_PHYSICS
+    from glacier_emulator.fields import InputError
+    from glacier_emulator.io import read_geometry
+    from glacier_emulator.learning.data import expand_paths
+
+    files = expand_paths(paths)
+    if not files:
+        raise InputError(f"no NetCDF files in {', '.join(map(str, paths))}")
+    fields = {k: [] for k in ("thickness", "bed", "sliding", "rate")}
+    dx, kinds = [], []
+    for path in files:
+        g = read_geometry(path)
+        if g.dx != g.dy:
+            raise InputError(f"{path}: cells of {g.dx:g} x {g.dy:g} m; the GPU job's solver takes square cells")
+        if fields["thickness"] and g.shape != fields["thickness"][0].shape:
+            raise InputError(f"{path}: a {g.shape[0]} x {g.shape[1]} grid after {fields['thickness'][0].shape[0]} x "
+                             f"{fields['thickness'][0].shape[1]} ones: pack each grid size on its own "
+                             "(the GPU job solves a batch on one grid)")
+        sliding = DEFAULT_PHYSICS.sliding_coefficient if g.sliding_coefficient is None else g.sliding_coefficient
+        rate = DEFAULT_PHYSICS.rate_factor if g.rate_factor is None else g.rate_factor
+        for name, value in (("thickness", g.thickness), ("bed", g.bed), ("sliding", sliding), ("rate", rate)):
+            fields[name].append(np.broadcast_to(np.asarray(value, np.float64), g.shape))
+        dx.append(g.dx)
+        with xr.open_dataset(path) as ds:
+            kinds.append(str(ds.attrs.get("kind", "")))
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{output}.tmp.npz")
+    np.savez_compressed(tmp, **{k: np.stack(v).astype(np.float32) for k, v in fields.items()},
+                        dx=np.asarray(dx, np.float64), kinds=np.array(json.dumps(kinds)),
+                        files=np.array(json.dumps([str(f) for f in files])))
+    tmp.replace(output)
+    return dict(samples=len(files), skipped=0, shape=(len(files),) + fields["thickness"][0].shape,
+                megabytes=Path(output).stat().st_size / 2**20)
+
+
+def load_geometries(path) -> tuple:
+    """``(geometries, files)`` of a file written by :func:`pack_geometries`: one
+    :class:`~glacier_emulator.fields.Geometry` per glacier (its ``kind`` in ``attrs``)."""
+    from glacier_emulator.fields import Geometry
+
+    with np.load(path) as data:
+        if "bed" not in data:
+            raise SystemExit(f"{path}: not a file of pack_samples.py --geometries (no 'bed')")
+        arrays = {k: data[k].astype(np.float64) for k in ("thickness", "bed", "sliding", "rate")}
+        dx, kinds, files = data["dx"], json.loads(str(data["kinds"])), json.loads(str(data["files"]))
+    geometries = [Geometry(thickness=arrays["thickness"][i], bed=arrays["bed"][i], dx=float(dx[i]),
+                           sliding_coefficient=arrays["sliding"][i], rate_factor=arrays["rate"][i],
+                           attrs={"kind": kinds[i]})
+                  for i in range(len(files))]
+    return geometries, files
+
+
 def load_packed(path) -> tuple:
     """``(x, y, files)`` of a packed file, float32."""
     with np.load(path) as data:
@@ -63,11 +130,18 @@ def main(argv=None) -> int:
     p.add_argument("paths", nargs="+", help="labelled NetCDF files or folders of them")
     p.add_argument("-o", "--output", required=True, help="the .npz to write")
     p.add_argument("--float16", action="store_true", help="store half precision (half the size)")
+    p.add_argument("--geometries", action="store_true",
+                   help="pack the glaciers' geometries (no labels needed) for the GPU job to solve")
     args = p.parse_args(argv)
+    if args.geometries and args.float16:
+        p.error("--geometries packs float32 (half precision would round bed elevations to metres)")
     from glacier_emulator.fields import InputError
 
     try:
-        facts = pack(args.paths, args.output, float16=args.float16)
+        if args.geometries:
+            facts = pack_geometries(args.paths, args.output)
+        else:
+            facts = pack(args.paths, args.output, float16=args.float16)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

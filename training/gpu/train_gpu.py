@@ -15,7 +15,10 @@ Phases (each with a wall-clock budget, so that the run fits a lease):
    further seeds every ``--validate-every`` steps; the best parameters are written to
    ``OUT/NAME.npz``. ``--extra-train`` / ``--extra-val`` add samples labelled on the CPU and
    packed by ``pack_samples.py`` (states of forward runs, which this job does not make), the
-   latter reported apart (``extra_median``).
+   latter reported apart (``extra_median``). ``--extra-train-geometries`` /
+   ``--extra-val-geometries`` take such states unlabelled (``pack_samples.py --geometries``)
+   and label them here, first, with the same batched solver (on a CPU the forward runs that
+   make them cost seconds a glacier, their solves most of the time).
 
    **Wide glaciers** (the CPU recipe's ``wide_crop_size`` / ``wide_every``, which gained 5-21 %
    for version 2.2 of the shipped model: the network sees glaciers that span more cells whole):
@@ -79,13 +82,20 @@ def inputs_of(geo, physics=DEFAULT_PHYSICS) -> np.ndarray:
                      np.broadcast_to(rate, shape), np.full(shape, geo.dx)], axis=-1).astype(np.float32)
 
 
-def label(specs, *, batch: int, iterations, solvers: dict, deadline: float, what: str, grid: int = 64):
+def label(specs, *, batch: int, iterations, solvers: dict, deadline: float, what: str, grid: int = 64,
+          geometry_of=None):
     """Solve the glaciers ``specs`` [(config name, seed, index)] of ``grid`` x ``grid`` nodes in
-    batches until ``deadline``.
+    batches until ``deadline``. ``geometry_of(spec)``: the glacier of a spec, for glaciers that
+    are not the generator's (default: ``sample_geometry`` of the spec's config, seed and index).
 
     Returns ``(inputs (N, ny, nx, 6), targets (N, ny, nx, 2 Nz), kept specs, stats)``; glaciers
     whose solve did not converge are dropped and counted.
     """
+    if geometry_of is None:
+        def geometry_of(spec):
+            c, s, i = spec
+            return sample_geometry(i, seed=s, config=dataclasses.replace(CONFIGS[c], grid=grid))
+
     xs, ys, kept = [], [], []
     stats = {"solved": 0, "not_converged": 0, "batches": 0, "seconds": 0.0, "iterations": []}
     for start in range(0, len(specs), batch):
@@ -93,8 +103,7 @@ def label(specs, *, batch: int, iterations, solvers: dict, deadline: float, what
             log(f"{what}: label budget spent after {stats['solved']} glaciers")
             break
         chunk = specs[start:start + batch]
-        geos = [sample_geometry(i, seed=s, config=dataclasses.replace(CONFIGS[c], grid=grid))
-                for c, s, i in chunk]
+        geos = [geometry_of(spec) for spec in chunk]
         real = len(geos)
         geos += [geos[-1]] * (batch - real)  # one compiled shape
         t = time.time()
@@ -200,6 +209,21 @@ def parse_models(text: str) -> dict:
     return models
 
 
+def pool_grid(pools: dict, path, grid) -> tuple:
+    """``grid`` if the job has a pool for it; otherwise the job stops, naming the file."""
+    grid = tuple(int(n) for n in grid)
+    if grid not in pools:
+        raise SystemExit(f"{path}: samples of {grid[0]} x {grid[1]} nodes; the job's grids are "
+                         + ", ".join(f"{g[0]} x {g[1]}" for g in pools) + " (--grid, --wide-grid)")
+    return grid
+
+
+def append_to_pool(pools: dict, grid, x, y) -> None:
+    """Append samples ``x``, ``y`` to the pool of ``grid`` (an empty pool takes them as they are)."""
+    old_x, old_y = pools[grid]
+    pools[grid] = (x, y) if old_x is None else (np.concatenate([old_x, x]), np.concatenate([old_y, y]))
+
+
 def add_packed(pools: dict, paths, nz: int) -> dict:
     """Append the samples of the packed files ``paths`` (pack_samples.py) to the pool of their
     grid: ``pools`` maps ``(ny, nx)`` to ``(x, y)`` (``None, None`` for a pool still empty) and is
@@ -209,18 +233,58 @@ def add_packed(pools: dict, paths, nz: int) -> dict:
     files, per_grid = [], {}
     for path in paths:
         px, py, names = load_packed(path)
-        grid = tuple(px.shape[1:3])
-        if grid not in pools:
-            raise SystemExit(f"{path}: samples of {grid[0]} x {grid[1]} nodes; the job's grids are "
-                             + ", ".join(f"{g[0]} x {g[1]}" for g in pools) + " (--grid, --wide-grid)")
+        grid = pool_grid(pools, path, px.shape[1:3])
         if px.shape[-1] != 6 or py.shape[-1] != 2 * nz:
             raise SystemExit(f"{path}: {px.shape[-1]} input and {py.shape[-1]} label channels, the "
                              f"job's 6 and {2 * nz}")
-        x, y = pools[grid]
-        pools[grid] = (px, py) if x is None else (np.concatenate([x, px]), np.concatenate([y, py]))
+        append_to_pool(pools, grid, px, py)
         files += names
         per_grid[f"{grid[0]}x{grid[1]}"] = per_grid.get(f"{grid[0]}x{grid[1]}", 0) + len(names)
     return {"samples": len(files), "per_grid": per_grid, "packed": list(paths)}
+
+
+def add_as_extra(val_pools: dict, val_kinds: dict, add) -> dict:
+    """``add(val_pools)`` appends validation samples (:func:`add_packed`,
+    :func:`add_packed_geometries`); what it appended gets kind 2 ("extra", reported apart as
+    ``extra_median``) in ``val_kinds``. Returns what ``add`` returns."""
+    before = {g: 0 if v[0] is None else v[0].shape[0] for g, v in val_pools.items()}
+    facts = add(val_pools)
+    for g, (x_, _) in val_pools.items():
+        if x_ is not None:
+            val_kinds[g] = np.concatenate([val_kinds[g], np.full(x_.shape[0] - before[g], 2)])
+    return facts
+
+
+def add_packed_geometries(pools: dict, paths, solve, what: str) -> dict:
+    """Label the glaciers of the files ``paths`` (``pack_samples.py --geometries``: states of
+    forward runs made on the CPU without labels) with ``solve(specs, grid, deadline, what,
+    geometry_of)`` (:func:`label` with the job's batches), all of them, and append those whose
+    solve converged to the pool of their grid; returns what was added (the same keys as
+    :func:`add_packed`, with the labelling's counts and seconds)."""
+    from pack_samples import load_geometries
+
+    facts = {"samples": 0, "not_converged": 0, "seconds": 0.0, "batches": 0, "per_grid": {},
+             "kinds": {}, "packed": list(paths)}
+    for number, path in enumerate(paths):
+        geometries, _ = load_geometries(path)
+        if not geometries:
+            continue
+        grid = pool_grid(pools, path, geometries[0].shape)
+        specs = [("packed", number, i) for i in range(len(geometries))]
+        x, y, kept, stats = solve(specs, grid[0], float("inf"), f"{what} {os.path.basename(str(path))}",
+                                  lambda spec: geometries[spec[2]])
+        for key in ("not_converged", "seconds", "batches"):
+            facts[key] += stats[key]
+        if x is None:
+            continue
+        append_to_pool(pools, grid, x, y)
+        facts["samples"] += len(kept)
+        name = f"{grid[0]}x{grid[1]}"
+        facts["per_grid"][name] = facts["per_grid"].get(name, 0) + len(kept)
+        for spec in kept:
+            kind = geometries[spec[2]].attrs.get("kind") or "unknown"
+            facts["kinds"][kind] = facts["kinds"].get(kind, 0) + 1
+    return facts
 
 
 def start_models(models: dict, init: str, seed: int, nz: int) -> tuple:
@@ -335,6 +399,13 @@ def main(argv=None):
                         "glaciers of their grid (--grid or --wide-grid)")
     p.add_argument("--extra-val", nargs="*", default=[],
                    help="packed samples added to the validation glaciers (reported apart as 'extra')")
+    p.add_argument("--extra-train-geometries", nargs="*", default=[],
+                   help="packed unlabelled glaciers (pack_samples.py --geometries, e.g. states of "
+                        "forward runs), labelled here first and added to the training glaciers "
+                        "of their grid (they spend --label-seconds before the generator's)")
+    p.add_argument("--extra-val-geometries", nargs="*", default=[],
+                   help="packed unlabelled glaciers labelled here and added to the validation "
+                        "glaciers (reported apart as 'extra', as --extra-val)")
     p.add_argument("--validate-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -354,10 +425,10 @@ def main(argv=None):
         with open(os.path.join(args.out, "report.json"), "w") as fh:
             json.dump(report, fh, indent=1, default=float)
 
-    def solve(specs, grid, deadline, what):
+    def solve(specs, grid, deadline, what, geometry_of=None):
         batch = args.wide_label_batch or args.batch if grid == args.wide_grid else args.batch
         return label(specs, batch=batch, iterations=iterations, solvers=solvers,
-                     deadline=deadline, what=what, grid=grid)
+                     deadline=deadline, what=what, grid=grid, geometry_of=geometry_of)
 
     # --- 1. labels ---
     if args.check_labels and os.path.exists(args.check_labels):
@@ -401,32 +472,43 @@ def main(argv=None):
         if xw is not None:
             val_pools[wide] = (xw, yw)
             val_kinds[wide] = kind_codes(kept_w)
+    report["extra_val_geometries"] = add_as_extra(val_pools, val_kinds, lambda pools: add_packed_geometries(
+        pools, args.extra_val_geometries, solve, "packed validation geometries"))
     save_report()
-    train_pools = {}
+    train_pools = {narrow: (None, None), wide: (None, None)}
+    report["extra_train_geometries"] = add_packed_geometries(train_pools, args.extra_train_geometries,
+                                                             solve, "packed training geometries")
+    packed_narrow, packed_wide = train_pools[narrow], train_pools[wide]
+    save_report()
     xt, yt, kept_t, report["label_train"] = solve(
         split_specs(args.train_standard, args.train_default, (30, 31)), args.grid,
         T0 + args.label_seconds, "train")
-    train_pools[narrow] = (xt, yt)
+    train_pools[narrow] = (None, None)
+    if xt is not None:
+        append_to_pool(train_pools, narrow, xt, yt)
     report["train_glaciers"] = count_kinds(kept_t)
     wide_specs = split_specs(args.train_wide_standard, args.train_wide_default, (34, 35))
     train_pools[wide] = (None, None)
     if wide_specs:
         xw, yw, kept_w, report["label_train_wide"] = solve(
             wide_specs, args.wide_grid, time.time() + args.label_wide_seconds, "wide train")
-        train_pools[wide] = (xw, yw)
+        if xw is not None:
+            append_to_pool(train_pools, wide, xw, yw)
         report["train_glaciers_wide"] = count_kinds(kept_w)
-    report["extra_train"] = add_packed(train_pools, args.extra_train, nz)
-    before = {g: 0 if v[0] is None else v[0].shape[0] for g, v in val_pools.items()}
-    report["extra_val"] = add_packed(val_pools, args.extra_val, nz)
-    for g, (x_, _) in val_pools.items():  # packed validation samples: kind 2 ("extra")
+    for grid, (x_, y_) in ((narrow, packed_narrow), (wide, packed_wide)):  # the labelled geometries
         if x_ is not None:
-            val_kinds[g] = np.concatenate([val_kinds[g], np.full(x_.shape[0] - before[g], 2)])
+            append_to_pool(train_pools, grid, x_, y_)
+    report["extra_train"] = add_packed(train_pools, args.extra_train, nz)
+    report["extra_val"] = add_as_extra(val_pools, val_kinds,
+                                       lambda pools: add_packed(pools, args.extra_val, nz))
     if train_pools[narrow][0] is None:
         raise SystemExit(f"no training glaciers of {args.grid} x {args.grid} nodes: raise --label-seconds")
     if all(v[0] is None for v in val_pools.values()):
         raise SystemExit("no validation glaciers: --val-standard, --val-default, --val-wide-* or --extra-val")
     log("training glaciers", report["train_glaciers"], report.get("train_glaciers_wide", {}),
-        "packed", report["extra_train"]["per_grid"], "; validation packed", report["extra_val"]["per_grid"])
+        "packed", report["extra_train"]["per_grid"], "labelled from packed geometries",
+        report["extra_train_geometries"]["per_grid"], "; validation packed", report["extra_val"]["per_grid"],
+        "labelled from packed geometries", report["extra_val_geometries"]["per_grid"])
     save_report()
     del solvers
     train(args, train_pools[narrow], train_pools[wide],
