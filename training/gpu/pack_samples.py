@@ -52,13 +52,18 @@ def pack(paths, output, *, float16: bool = False) -> dict:
     dtype = np.float16 if float16 else np.float32
     x = np.stack([s.fields[..., :len(INPUT_FIELDS)] for s in data.samples]).astype(dtype)
     y = np.stack([s.fields[..., LEVELS_START:] for s in data.samples]).astype(dtype)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{output}.tmp.npz")
-    np.savez_compressed(tmp, x=x, y=y, files=np.array(json.dumps(list(data.files))),
-                        zeta=np.asarray(data.vertical.zeta))
-    tmp.replace(output)
+    save_npz(output, x=x, y=y, files=np.array(json.dumps(list(data.files))),
+             zeta=np.asarray(data.vertical.zeta))
     return dict(samples=len(data.samples), skipped=len(data.skipped), shape=tuple(x.shape),
                 megabytes=Path(output).stat().st_size / 2**20)
+
+
+def save_npz(output, **arrays) -> None:
+    """``np.savez_compressed`` to a temporary file, then renamed: never a partial ``output``."""
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{output}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(output)
 
 
 def pack_geometries(paths, output) -> dict:
@@ -71,19 +76,17 @@ def pack_geometries(paths, output) -> dict:
     from glacier_emulator.io import read_geometry
     from glacier_emulator.learning.data import expand_paths
 
-    files = expand_paths(paths)
-    if not files:
-        raise InputError(f"no NetCDF files in {', '.join(map(str, paths))}")
+    files = expand_paths(paths)  # refuses a missing path and a folder without .nc files
     fields = {k: [] for k in ("thickness", "bed", "sliding", "rate")}
-    dx, kinds = [], []
+    dx, kinds, shape = [], [], None
     for path in files:
         g = read_geometry(path)
         if g.dx != g.dy:
             raise InputError(f"{path}: cells of {g.dx:g} x {g.dy:g} m; the GPU job's solver takes square cells")
-        if fields["thickness"] and g.shape != fields["thickness"][0].shape:
-            raise InputError(f"{path}: a {g.shape[0]} x {g.shape[1]} grid after {fields['thickness'][0].shape[0]} x "
-                             f"{fields['thickness'][0].shape[1]} ones: pack each grid size on its own "
-                             "(the GPU job solves a batch on one grid)")
+        shape = shape or g.shape
+        if g.shape != shape:
+            raise InputError(f"{path}: a {g.shape[0]} x {g.shape[1]} grid after {shape[0]} x {shape[1]} "
+                             "ones: pack each grid size on its own (the GPU job solves a batch on one grid)")
         sliding = DEFAULT_PHYSICS.sliding_coefficient if g.sliding_coefficient is None else g.sliding_coefficient
         rate = DEFAULT_PHYSICS.rate_factor if g.rate_factor is None else g.rate_factor
         for name, value in (("thickness", g.thickness), ("bed", g.bed), ("sliding", sliding), ("rate", rate)):
@@ -91,13 +94,10 @@ def pack_geometries(paths, output) -> dict:
         dx.append(g.dx)
         with xr.open_dataset(path) as ds:
             kinds.append(str(ds.attrs.get("kind", "")))
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{output}.tmp.npz")
-    np.savez_compressed(tmp, **{k: np.stack(v).astype(np.float32) for k, v in fields.items()},
-                        dx=np.asarray(dx, np.float64), kinds=np.array(json.dumps(kinds)),
-                        files=np.array(json.dumps([str(f) for f in files])))
-    tmp.replace(output)
-    return dict(samples=len(files), skipped=0, shape=(len(files),) + fields["thickness"][0].shape,
+    save_npz(output, **{k: np.stack(v).astype(np.float32) for k, v in fields.items()},
+             dx=np.asarray(dx, np.float64), kinds=np.array(json.dumps(kinds)),
+             files=np.array(json.dumps([str(f) for f in files])))
+    return dict(samples=len(files), skipped=0, shape=(len(files),) + shape,
                 megabytes=Path(output).stat().st_size / 2**20)
 
 

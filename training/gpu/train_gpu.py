@@ -475,29 +475,23 @@ def main(argv=None):
     report["extra_val_geometries"] = add_as_extra(val_pools, val_kinds, lambda pools: add_packed_geometries(
         pools, args.extra_val_geometries, solve, "packed validation geometries"))
     save_report()
-    train_pools = {narrow: (None, None), wide: (None, None)}
+    train_pools = {narrow: (None, None), wide: (None, None)}  # batches draw from a pool at random
     report["extra_train_geometries"] = add_packed_geometries(train_pools, args.extra_train_geometries,
                                                              solve, "packed training geometries")
-    packed_narrow, packed_wide = train_pools[narrow], train_pools[wide]
     save_report()
     xt, yt, kept_t, report["label_train"] = solve(
         split_specs(args.train_standard, args.train_default, (30, 31)), args.grid,
         T0 + args.label_seconds, "train")
-    train_pools[narrow] = (None, None)
     if xt is not None:
         append_to_pool(train_pools, narrow, xt, yt)
     report["train_glaciers"] = count_kinds(kept_t)
     wide_specs = split_specs(args.train_wide_standard, args.train_wide_default, (34, 35))
-    train_pools[wide] = (None, None)
     if wide_specs:
         xw, yw, kept_w, report["label_train_wide"] = solve(
             wide_specs, args.wide_grid, time.time() + args.label_wide_seconds, "wide train")
         if xw is not None:
             append_to_pool(train_pools, wide, xw, yw)
         report["train_glaciers_wide"] = count_kinds(kept_w)
-    for grid, (x_, y_) in ((narrow, packed_narrow), (wide, packed_wide)):  # the labelled geometries
-        if x_ is not None:
-            append_to_pool(train_pools, grid, x_, y_)
     report["extra_train"] = add_packed(train_pools, args.extra_train, nz)
     report["extra_val"] = add_as_extra(val_pools, val_kinds,
                                        lambda pools: add_packed(pools, args.extra_val, nz))
